@@ -1,0 +1,62 @@
+"""Build the compiled core (Cython -> C++) unless told not to.
+
+Switches (environment, at build time):
+  RLM_FAST_NO_EXTENSIONS=1  build no extension: a pure-Python package
+  RLM_FAST_DEBUG=1          -O0 -g, asserts on, Cython's own checks on
+  RLM_FAST_TRACE=1          Cython line tracing (coverage of the .pyx)
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import Extension, setup
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "src"))
+from rlm_fast._selector import env_flag  # noqa: E402  (one parser for the flag)
+
+sys.path.pop(0)
+
+
+def extensions() -> list[Extension]:
+    if env_flag("RLM_FAST_NO_EXTENSIONS"):
+        return []
+    from Cython.Build import cythonize
+
+    debug = env_flag("RLM_FAST_DEBUG")
+    trace = env_flag("RLM_FAST_TRACE")
+    macros: list[tuple[str, str | None]] = []
+    directives: dict[str, object] = {"language_level": 3}
+    if os.name == "nt":
+        compile_args = ["/std:c++17"]
+        if debug:
+            compile_args += ["/Od", "/Zi"]
+    else:
+        compile_args = ["-std=c++17", "-Wall", "-Wno-unused-function"]
+        if debug:
+            compile_args += ["-O0", "-g3", "-UNDEBUG"]
+            macros.append(("RLM_FAST_DEBUG", "1"))
+        if env_flag("RLM_FAST_WERROR"):
+            compile_args.append("-Werror")
+    if debug:
+        directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
+    if trace:
+        directives.update(linetrace=True)
+        macros.append(("CYTHON_TRACE_NOGIL", "1"))
+    exts = [
+        Extension(
+            f"rlm_fast.{name}",
+            [f"src/rlm_fast/{name}.pyx"],
+            include_dirs=["src/rlm_fast"],
+            language="c++",
+            extra_compile_args=compile_args,
+            define_macros=macros,
+            undef_macros=["NDEBUG"] if debug else [],
+        )
+        for name in ("_core_c", "_budget_c")
+    ]
+    return cythonize(exts, compiler_directives=directives)
+
+
+setup(ext_modules=extensions())

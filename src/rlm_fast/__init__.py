@@ -1,0 +1,70 @@
+"""rlm_fast: the session table of a Recursive Language Model orchestrator.
+
+The API and error types of the Rust crate `terraphim_rlm` (SessionManager,
+BudgetTracker), served by a compiled Cython core with a pure-Python twin of
+the same behaviour; `IMPLEMENTATION` says which one is in use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import _selector
+from ._types import BudgetStatus, SessionInfo, SessionState, SessionStats
+from .config import (
+    DEFAULT_MAX_RECURSION_DEPTH,
+    DEFAULT_MAX_SNAPSHOTS_PER_SESSION,
+    DEFAULT_TIME_BUDGET_MS,
+    DEFAULT_TOKEN_BUDGET,
+    BackendSessionConfig,
+    BackendType,
+    KgStrictness,
+    RlmConfig,
+    SessionModel,
+)
+from .errors import *  # noqa: F403  (every RlmError variant is public)
+from .errors import __all__ as _error_names
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    # Type checkers see the twin: it is the specification (STYLE habit 2).
+    from ._budget_py import BudgetTracker
+    from ._core_py import SessionId, SessionManager
+
+    IMPLEMENTATION: str
+else:
+    _session_core, _budget_core, IMPLEMENTATION = _selector.load()
+    SessionId = _session_core.SessionId
+    SessionManager = _session_core.SessionManager
+    BudgetTracker = _budget_core.BudgetTracker
+    del _session_core, _budget_core
+
+
+def _restore_session_id(raw: bytes) -> "SessionId":
+    # Pickles of either core's SessionId name this function, so a pickle
+    # made with one core loads with the other.
+    return SessionId.from_bytes(raw)
+
+
+__all__ = [
+    "IMPLEMENTATION",
+    "__version__",
+    "SessionManager",
+    "BudgetTracker",
+    "SessionId",
+    "SessionState",
+    "SessionInfo",
+    "BudgetStatus",
+    "SessionStats",
+    "RlmConfig",
+    "KgStrictness",
+    "BackendType",
+    "SessionModel",
+    "BackendSessionConfig",
+    "DEFAULT_TOKEN_BUDGET",
+    "DEFAULT_TIME_BUDGET_MS",
+    "DEFAULT_MAX_RECURSION_DEPTH",
+    "DEFAULT_MAX_SNAPSHOTS_PER_SESSION",
+    *_error_names,
+]

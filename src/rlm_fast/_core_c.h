@@ -1,0 +1,747 @@
+/* rlm_fast compiled core: the session table in C++ memory.
+ *
+ * Nothing here touches Python. `Table` is not thread-safe by itself: the
+ * Cython class that owns it holds its pymutex around every call, so each
+ * method is one atomic step. Methods return a status code and never throw
+ * (allocation failure becomes RLM_NOMEM with the table unchanged).
+ */
+#ifndef RLM_FAST_CORE_C_H
+#define RLM_FAST_CORE_C_H
+
+#include <stdint.h>
+#include <string.h>
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#if defined(_WIN32)
+#  include <windows.h>
+#  include <bcrypt.h>
+#  pragma comment(lib, "bcrypt.lib")
+#elif defined(__linux__)
+#  include <errno.h>
+#  include <pthread.h>
+#  include <sys/random.h>
+#  include <time.h>
+#else /* macOS, the BSDs */
+#  include <pthread.h>
+#  include <time.h>
+#  include <unistd.h>
+#  if defined(__APPLE__)
+#    include <sys/random.h>
+#  endif
+#endif
+
+/* ---------------------------------------------------------------- status */
+
+enum RlmStatus {
+    RLM_OK = 0,
+    RLM_NOT_FOUND = 1,     /* SessionNotFound */
+    RLM_TERMINATED = 2,    /* InvalidSessionState */
+    RLM_EXPIRED = 3,       /* SessionExpired */
+    RLM_MAX_EXTENSIONS = 4,
+    RLM_DEPTH_EXCEEDED = 5,
+    RLM_MAX_SNAPSHOTS = 6,
+    RLM_TIME_OVERFLOW = 7, /* ConfigError: expiry past int64 */
+    RLM_U64_OVERFLOW = 8,  /* ValueError: a total past 2**64-1 */
+    RLM_TOKENS_OVER = 9,   /* charged, then TokenBudgetExceeded */
+    RLM_TIME_OVER = 10,    /* charged, then TimeBudgetExceeded */
+    RLM_DUPLICATE = 11,    /* id already in the table: draw another */
+    RLM_NOMEM = 12         /* MemoryError, nothing changed */
+};
+
+/* Order of SessionState members in _types.STATES. */
+enum RlmState {
+    RLM_INITIALIZING = 0, RLM_READY = 1, RLM_EXECUTING = 2,
+    RLM_PAUSED = 3, RLM_STATE_TERMINATED = 4, RLM_STATE_EXPIRED = 5
+};
+
+static const int64_t RLM_I64_MAX = INT64_MAX;
+static const uint64_t RLM_U64_MAX = UINT64_MAX;
+
+/* ---------------------------------------------------------------- ids */
+
+struct SidKey {
+    uint64_t hi; /* 48-bit ms timestamp << 16 | top 16 random bits */
+    uint64_t lo; /* low 64 random bits */
+};
+static inline bool operator==(const SidKey &a, const SidKey &b) {
+    return a.hi == b.hi && a.lo == b.lo;
+}
+static inline bool operator<(const SidKey &a, const SidKey &b) {
+    return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo);
+}
+struct SidHash {
+    size_t operator()(const SidKey &k) const noexcept {
+        /* lo is 64 CSPRNG bits; mixing hi in keeps crafted ids spread. */
+        uint64_t x = k.lo ^ (k.hi * 0x9E3779B97F4A7C15ULL);
+        x ^= x >> 31;
+        return (size_t)x;
+    }
+};
+
+static const char RLM_ALPHABET[33] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/* 26 uppercase Crockford characters into out (no terminator). */
+static inline void rlm_format(SidKey k, char *out) {
+    uint64_t hi = k.hi, lo = k.lo;
+    for (int i = 25; i >= 0; --i) {
+        out[i] = RLM_ALPHABET[lo & 31];
+        lo = (lo >> 5) | (hi << 59);
+        hi >>= 5;
+    }
+}
+
+static inline int rlm_digit(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'z') c = (unsigned char)(c - 32);
+    switch (c) {
+    case 'A': return 10; case 'B': return 11; case 'C': return 12;
+    case 'D': return 13; case 'E': return 14; case 'F': return 15;
+    case 'G': return 16; case 'H': return 17; case 'J': return 18;
+    case 'K': return 19; case 'M': return 20; case 'N': return 21;
+    case 'P': return 22; case 'Q': return 23; case 'R': return 24;
+    case 'S': return 25; case 'T': return 26; case 'V': return 27;
+    case 'W': return 28; case 'X': return 29; case 'Y': return 30;
+    case 'Z': return 31;
+    default: return -1;
+    }
+}
+
+/* Parse 26 ASCII characters; 0 on success, -1 if malformed. */
+static inline int rlm_parse(const char *s, SidKey *out) {
+    uint64_t hi = 0, lo = 0;
+    for (int i = 0; i < 26; ++i) {
+        int d = rlm_digit((unsigned char)s[i]);
+        if (d < 0) return -1;
+        if (i == 0 && d > 7) return -1; /* would overflow 128 bits */
+        hi = (hi << 5) | (lo >> 59);
+        lo = (lo << 5) | (uint64_t)d;
+    }
+    out->hi = hi;
+    out->lo = lo;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- entropy */
+
+/* Fill buf from the OS CSPRNG; 0 on success. */
+static int rlm_os_random(unsigned char *buf, size_t n) {
+#if defined(_WIN32)
+    return BCryptGenRandom(NULL, buf, (ULONG)n,
+                           BCRYPT_USE_SYSTEM_PREFERRED_RNG) == 0 ? 0 : -1;
+#elif defined(__linux__)
+    while (n > 0) {
+        ssize_t got = getrandom(buf, n, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        buf += got;
+        n -= (size_t)got;
+    }
+    return 0;
+#else
+    while (n > 0) {
+        size_t chunk = n > 256 ? 256 : n; /* getentropy's limit */
+        if (getentropy(buf, chunk) != 0) return -1;
+        buf += chunk;
+        n -= chunk;
+    }
+    return 0;
+#endif
+}
+
+/* One 4 KiB buffer per thread, so an id costs no syscall. A fork bumps
+ * the generation, so a child never replays its parent's bytes. */
+#define RLM_RAND_BUF 4096
+static std::atomic<uint64_t> rlm_fork_generation{0};
+struct RlmRandBuf {
+    unsigned char data[RLM_RAND_BUF];
+    size_t pos = RLM_RAND_BUF;
+    uint64_t generation = 0;
+};
+static thread_local RlmRandBuf rlm_rand;
+
+#if !defined(_WIN32)
+static void rlm_after_fork_child(void) { rlm_fork_generation.fetch_add(1); }
+#endif
+static int rlm_random_init(void) {
+#if !defined(_WIN32)
+    return pthread_atfork(NULL, NULL, rlm_after_fork_child) == 0 ? 0 : -1;
+#else
+    return 0;
+#endif
+}
+
+/* 10 fresh random bytes (80 bits); 0 on success. */
+static inline int rlm_random10(unsigned char *out) {
+    RlmRandBuf &b = rlm_rand;
+    uint64_t gen = rlm_fork_generation.load(std::memory_order_relaxed);
+    if (b.pos + 10 > RLM_RAND_BUF || b.generation != gen) {
+        if (rlm_os_random(b.data, RLM_RAND_BUF) != 0) return -1;
+        b.pos = 0;
+        b.generation = gen;
+    }
+    memcpy(out, b.data + b.pos, 10);
+    memset(b.data + b.pos, 0, 10); /* a used token leaves no copy behind */
+    b.pos += 10;
+    return 0;
+}
+
+/* A new id at `ms` (clamped to 48 bits); 0 on success. */
+static inline int rlm_new_key(int64_t ms, SidKey *out) {
+    unsigned char r[10];
+    if (rlm_random10(r) != 0) return -1;
+    uint64_t t = ms < 0 ? 0 : (uint64_t)ms;
+    if (t > 0xFFFFFFFFFFFFULL) t = 0xFFFFFFFFFFFFULL;
+    uint64_t lo = 0;
+    for (int i = 2; i < 10; ++i) lo = (lo << 8) | r[i];
+    out->hi = (t << 16) | ((uint64_t)r[0] << 8) | r[1];
+    out->lo = lo;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- clock */
+
+static inline int64_t rlm_time_ns(void) {
+#if defined(_WIN32)
+    FILETIME ft;
+    GetSystemTimePreciseAsFileTime(&ft);
+    uint64_t t = ((uint64_t)ft.dwHighDateTime << 32) | ft.dwLowDateTime;
+    return (int64_t)(t - 116444736000000000ULL) * 100; /* 1601 -> 1970 */
+#else
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+#endif
+}
+
+/* ---------------------------------------------------------------- table */
+
+/* What a session has only sometimes: allocated on first use. */
+struct Extras {
+    bool has_vm = false;
+    bool has_snapshot = false;
+    std::string vm;
+    std::string snapshot;
+    std::map<std::string, std::string> context; /* sorted by key bytes */
+};
+
+struct Session { /* zero-initialised: no field is ever read unset */
+    int64_t created_ns = 0;
+    int64_t expires_ns = 0;
+    uint64_t extension_count = 0;
+    uint64_t depth = 0; /* the one source of truth for recursion depth */
+    uint64_t token_budget = 0;
+    uint64_t tokens_used = 0;
+    uint64_t time_budget_ms = 0;
+    uint64_t time_used_ms = 0;
+    uint64_t max_depth = 0;
+    uint64_t snapshot_count = 0;
+    Extras *extras = NULL; /* owned; NULL until needed */
+    int state = RLM_INITIALIZING;
+};
+
+/* A plain copy of one session, made under the lock, turned into a
+ * SessionInfo after it is released. */
+struct SessionCopy {
+    SidKey key = SidKey();
+    Session s;
+    bool has_vm = false;
+    bool has_snapshot = false;
+    std::string vm;
+    std::string snapshot;
+    std::vector<std::pair<std::string, std::string>> context;
+};
+
+struct Config {
+    int64_t duration_ns;
+    int64_t increment_ns;
+    uint64_t max_extensions;
+    uint64_t token_budget;
+    uint64_t time_budget_ms;
+    uint64_t max_depth;
+    uint64_t max_snapshots; /* 0: no limit */
+};
+
+struct Stats {
+    uint64_t created, active, with_vm, destroyed, expired;
+};
+
+class Table {
+  public:
+    Config cfg;
+
+    Table() { cfg = Config(); }
+    ~Table() {
+        for (auto &kv : sessions_) delete kv.second.extras;
+    }
+    Table(const Table &) = delete;
+    Table &operator=(const Table &) = delete;
+
+    size_t size() const { return sessions_.size(); }
+
+    int create(SidKey key, int64_t now, int64_t expires, SessionCopy *out) {
+        try {
+            if (sessions_.find(key) != sessions_.end()) return RLM_DUPLICATE;
+            Session s;
+            s.created_ns = now;
+            s.expires_ns = expires;
+            s.token_budget = cfg.token_budget;
+            s.time_budget_ms = cfg.time_budget_ms;
+            s.max_depth = cfg.max_depth;
+            Session &stored = sessions_.emplace(key, s).first->second;
+            created_.fetch_add(1, std::memory_order_relaxed);
+            copy_out(key, stored, out);
+            return RLM_OK;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+    }
+
+    /* A copy of any existing session (read-only lookups). */
+    int get(SidKey key, SessionCopy *out) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        return guarded_copy(key, *s, out);
+    }
+
+    /* Existence, TERMINATED, then expiry (by clock or state). */
+    int live(SidKey key, int64_t now, Session **out) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        if (s->state == RLM_STATE_TERMINATED) return RLM_TERMINATED;
+        if (s->state == RLM_STATE_EXPIRED || now > s->expires_ns) return RLM_EXPIRED;
+        *out = s;
+        return RLM_OK;
+    }
+
+    int is_valid(SidKey key, int64_t now) {
+        Session *s;
+        return live(key, now, &s) == RLM_OK;
+    }
+
+    int validate(SidKey key, int64_t now, SessionCopy *out) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        return guarded_copy(key, *s, out);
+    }
+
+    int update_state(SidKey key, int64_t now, int state) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st == RLM_OK) s->state = state;
+        return st;
+    }
+
+    int extend(SidKey key, int64_t now, SessionCopy *out) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (s->extension_count >= cfg.max_extensions) return RLM_MAX_EXTENSIONS;
+        if (s->expires_ns > RLM_I64_MAX - cfg.increment_ns) return RLM_TIME_OVERFLOW;
+        st = guarded_copy(key, *s, out); /* copy first: NOMEM changes nothing */
+        if (st != RLM_OK) return st;
+        s->expires_ns += cfg.increment_ns;
+        s->extension_count += 1;
+        out->s.expires_ns = s->expires_ns;
+        out->s.extension_count = s->extension_count;
+        return RLM_OK;
+    }
+
+    int destroy(SidKey key) {
+        auto it = sessions_.find(key);
+        if (it == sessions_.end()) return RLM_NOT_FOUND;
+        remove(it);
+        destroyed_.fetch_add(1, std::memory_order_relaxed);
+        return RLM_OK;
+    }
+
+    /* Remove exactly the sessions with expires_at < now; their ids, sorted. */
+    int cleanup(int64_t now, std::vector<SidKey> *out) {
+        try {
+            for (auto &kv : sessions_)
+                if (kv.second.expires_ns < now) out->push_back(kv.first);
+        } catch (const std::bad_alloc &) {
+            out->clear();
+            return RLM_NOMEM;
+        }
+        for (const SidKey &k : *out) remove(sessions_.find(k));
+        expired_.fetch_add(out->size(), std::memory_order_relaxed);
+        std::sort(out->begin(), out->end());
+        return RLM_OK;
+    }
+
+    /* ---- VM affinity: vm_to_session_ and Extras::vm are exact inverses */
+
+    int assign_vm(SidKey key, int64_t now, const std::string &vm) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        try {
+            if (s->extras && s->extras->has_vm && s->extras->vm == vm) {
+                s->state = RLM_READY;
+                return RLM_OK;
+            }
+            /* Everything that can throw comes first, so a failure changes
+             * nothing; the steps after it cannot throw. */
+            Extras *ex = extras_of(s);
+            std::string copy(vm);
+            auto slot = vm_to_session_.find(vm);
+            if (slot == vm_to_session_.end()) {
+                slot = vm_to_session_.emplace(vm, key).first;
+            } else {
+                /* The VM moves: its old session no longer holds it. */
+                Session *prev = find(slot->second);
+                if (prev && prev->extras) {
+                    prev->extras->has_vm = false;
+                    prev->extras->vm.clear();
+                }
+                slot->second = key;
+            }
+            if (ex->has_vm) { /* a session holds one VM: drop its old one */
+                auto old = vm_to_session_.find(ex->vm);
+                if (old != vm_to_session_.end() && old->second == key)
+                    vm_to_session_.erase(old);
+            }
+            ex->vm.swap(copy);
+            ex->has_vm = true;
+            s->state = RLM_READY;
+            return RLM_OK;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+    }
+
+    /* Any existing session, whatever its state. */
+    int release_vm(SidKey key, std::string *vm_out, bool *had) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        *had = false;
+        if (s->extras && s->extras->has_vm) {
+            try {
+                *vm_out = s->extras->vm;
+            } catch (const std::bad_alloc &) {
+                return RLM_NOMEM;
+            }
+            *had = true;
+            unmap_vm(key, s);
+        }
+        return RLM_OK;
+    }
+
+    /* 1 if the session exists and holds a VM (copied to vm_out). */
+    int get_vm(SidKey key, std::string *vm_out, bool *had) {
+        Session *s = find(key);
+        *had = false;
+        if (!s || !s->extras || !s->extras->has_vm) return RLM_OK;
+        try {
+            *vm_out = s->extras->vm;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        *had = true;
+        return RLM_OK;
+    }
+
+    bool session_for_vm(const std::string &vm, SidKey *out) {
+        auto it = vm_to_session_.find(vm);
+        if (it == vm_to_session_.end()) return false;
+        *out = it->second;
+        return true;
+    }
+
+    /* ---- context variables */
+
+    int set_context(SidKey key, int64_t now, const std::string &name,
+                    const std::string &value) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        try {
+            extras_of(s)->context[name] = value;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        return RLM_OK;
+    }
+
+    int get_context(SidKey key, const std::string &name, std::string *out, bool *had) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        *had = false;
+        if (!s->extras) return RLM_OK;
+        auto it = s->extras->context.find(name);
+        if (it == s->extras->context.end()) return RLM_OK;
+        try {
+            *out = it->second;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        *had = true;
+        return RLM_OK;
+    }
+
+    int all_context(SidKey key, SessionCopy *out) {
+        return get(key, out);
+    }
+
+    int delete_context(SidKey key, int64_t now, const std::string &name,
+                       std::string *out, bool *had) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        *had = false;
+        if (!s->extras) return RLM_OK;
+        auto it = s->extras->context.find(name);
+        if (it == s->extras->context.end()) return RLM_OK;
+        try {
+            out->swap(it->second);
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        s->extras->context.erase(it);
+        *had = true;
+        return RLM_OK;
+    }
+
+    /* ---- budgets and depth */
+
+    int update_budget(SidKey key, int64_t now, uint64_t token_budget,
+                      uint64_t tokens_used, uint64_t time_budget_ms,
+                      uint64_t time_used_ms, uint64_t max_depth, uint64_t depth) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        s->token_budget = token_budget;
+        s->tokens_used = tokens_used;
+        s->time_budget_ms = time_budget_ms;
+        s->time_used_ms = time_used_ms;
+        s->max_depth = max_depth;
+        s->depth = depth;
+        return RLM_OK;
+    }
+
+    /* On RLM_DEPTH_EXCEEDED, *depth is the current depth (the refused one
+     * is depth + 1, computed by the caller without wrapping). */
+    int increment(SidKey key, int64_t now, uint64_t *depth, uint64_t *max_depth) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        *max_depth = s->max_depth;
+        if (s->depth >= s->max_depth) {
+            *depth = s->depth;
+            return RLM_DEPTH_EXCEEDED;
+        }
+        *depth = ++s->depth;
+        return RLM_OK;
+    }
+
+    int decrement(SidKey key, int64_t now, uint64_t *depth) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (s->depth > 0) s->depth -= 1;
+        *depth = s->depth;
+        return RLM_OK;
+    }
+
+    /* The exit of recursion(): -1 whatever the state, never an error. */
+    void leave_recursion(SidKey key) {
+        Session *s = find(key);
+        if (s && s->depth > 0) s->depth -= 1;
+    }
+
+    int charge_tokens(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
+                      uint64_t *budget) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (amount > RLM_U64_MAX - s->tokens_used) return RLM_U64_OVERFLOW;
+        s->tokens_used += amount;
+        *total = s->tokens_used;
+        *budget = s->token_budget;
+        return *total > *budget ? RLM_TOKENS_OVER : RLM_OK;
+    }
+
+    int charge_time(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
+                    uint64_t *budget) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (amount > RLM_U64_MAX - s->time_used_ms) return RLM_U64_OVERFLOW;
+        s->time_used_ms += amount;
+        *total = s->time_used_ms;
+        *budget = s->time_budget_ms;
+        return *total > *budget ? RLM_TIME_OVER : RLM_OK;
+    }
+
+    /* A copy of the budget fields of a live session. */
+    int budget(SidKey key, int64_t now, Session *out) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        *out = *s;
+        out->extras = NULL;
+        return RLM_OK;
+    }
+
+    /* ---- snapshots */
+
+    int snapshot_created(SidKey key, int64_t now, const std::string &snap,
+                         bool set_current) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (cfg.max_snapshots && s->snapshot_count >= cfg.max_snapshots)
+            return RLM_MAX_SNAPSHOTS;
+        if (set_current) {
+            try {
+                Extras *ex = extras_of(s);
+                ex->snapshot = snap;
+                ex->has_snapshot = true;
+            } catch (const std::bad_alloc &) {
+                return RLM_NOMEM;
+            }
+        }
+        s->snapshot_count += 1;
+        return RLM_OK;
+    }
+
+    int snapshot_restored(SidKey key, int64_t now, const std::string &snap) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        try {
+            Extras *ex = extras_of(s);
+            ex->snapshot = snap;
+            ex->has_snapshot = true;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        return RLM_OK;
+    }
+
+    int current_snapshot(SidKey key, std::string *out, bool *had) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        *had = false;
+        if (s->extras && s->extras->has_snapshot) {
+            try {
+                *out = s->extras->snapshot;
+            } catch (const std::bad_alloc &) {
+                return RLM_NOMEM;
+            }
+            *had = true;
+        }
+        return RLM_OK;
+    }
+
+    int clear_snapshots(SidKey key, int64_t now) {
+        Session *s;
+        int st = live(key, now, &s);
+        if (st != RLM_OK) return st;
+        s->snapshot_count = 0;
+        if (s->extras) {
+            s->extras->has_snapshot = false;
+            s->extras->snapshot.clear();
+        }
+        return RLM_OK;
+    }
+
+    /* ---- whole table */
+
+    Stats stats() const {
+        Stats st;
+        st.created = created_.load(std::memory_order_relaxed);
+        st.active = sessions_.size();
+        st.with_vm = vm_to_session_.size();
+        st.destroyed = destroyed_.load(std::memory_order_relaxed);
+        st.expired = expired_.load(std::memory_order_relaxed);
+        return st;
+    }
+
+    int list(std::vector<SessionCopy> *out) {
+        try {
+            out->reserve(sessions_.size());
+            for (auto &kv : sessions_) {
+                out->emplace_back();
+                copy_out(kv.first, kv.second, &out->back());
+            }
+            std::sort(out->begin(), out->end(),
+                      [](const SessionCopy &a, const SessionCopy &b) { return a.key < b.key; });
+        } catch (const std::bad_alloc &) {
+            out->clear();
+            return RLM_NOMEM;
+        }
+        return RLM_OK;
+    }
+
+    bool contains(SidKey key) { return find(key) != NULL; }
+
+  private:
+    typedef std::unordered_map<SidKey, Session, SidHash> Map;
+    Map sessions_;
+    std::unordered_map<std::string, SidKey> vm_to_session_;
+    /* Written under the owner's lock; atomic so readers need none. */
+    std::atomic<uint64_t> created_{0};
+    std::atomic<uint64_t> destroyed_{0};
+    std::atomic<uint64_t> expired_{0};
+
+    Session *find(SidKey key) {
+        auto it = sessions_.find(key);
+        return it == sessions_.end() ? NULL : &it->second;
+    }
+
+    static Extras *extras_of(Session *s) { /* may throw bad_alloc */
+        if (!s->extras) s->extras = new Extras();
+        return s->extras;
+    }
+
+    /* Drop the session's VM from both maps, if the map entry is its own. */
+    void unmap_vm(SidKey key, Session *s) {
+        if (!s->extras || !s->extras->has_vm) return;
+        auto it = vm_to_session_.find(s->extras->vm);
+        if (it != vm_to_session_.end() && it->second == key) vm_to_session_.erase(it);
+        s->extras->has_vm = false;
+        s->extras->vm.clear();
+    }
+
+    void remove(Map::iterator it) {
+        unmap_vm(it->first, &it->second);
+        delete it->second.extras;
+        sessions_.erase(it);
+    }
+
+    static void copy_out(SidKey key, const Session &s, SessionCopy *out) {
+        out->key = key;
+        out->s = s;
+        out->s.extras = NULL;
+        out->has_vm = out->has_snapshot = false;
+        if (s.extras) {
+            out->has_vm = s.extras->has_vm;
+            out->has_snapshot = s.extras->has_snapshot;
+            if (out->has_vm) out->vm = s.extras->vm;
+            if (out->has_snapshot) out->snapshot = s.extras->snapshot;
+            out->context.assign(s.extras->context.begin(), s.extras->context.end());
+        }
+    }
+
+    static int guarded_copy(SidKey key, const Session &s, SessionCopy *out) {
+        try {
+            copy_out(key, s, out);
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        return RLM_OK;
+    }
+};
+
+#endif /* RLM_FAST_CORE_C_H */

@@ -1,0 +1,901 @@
+# cython: language_level=3, freethreading_compatible=True
+# cython: boundscheck=False, wraparound=False, cdivision=False
+# distutils: language = c++
+"""Compiled session core: `SessionId` and `SessionManager`, same behaviour as
+`_core_py.py` (the specification), with the table in C++ memory.
+
+Each manager owns a `Table` (see `_core_c.h`) and one `cython.pymutex`. Every
+method converts its arguments (ids parsed, strings encoded, the clock read)
+before taking the lock, does only C++ work under it (no Python object is
+created, freed or raised there), and builds its result or exception after
+releasing it from a plain C copy.
+"""
+
+cimport cython
+from libc.stdint cimport int64_t, uint64_t
+from libcpp cimport bool as cbool
+from libcpp.pair cimport pair
+from libcpp.string cimport string
+from libcpp.vector cimport vector
+
+from ._types import (
+    MSG_CREATE_OVERFLOW,
+    MSG_EXTEND_OVERFLOW,
+    MSG_TIME_OVERFLOW,
+    MSG_TOKENS_OVERFLOW,
+    STATE_CODE,
+    STATES,
+    BudgetStatus,
+    SessionInfo,
+    SessionStats,
+    check_clock_value,
+    check_str,
+    check_u64,
+    coerce_state,
+    ns_to_datetime,
+    session_id_type_error,
+)
+from .config import RlmConfig
+from .errors import (
+    ConfigError,
+    InvalidSessionState,
+    InvalidSessionToken,
+    MaxExtensionsReached,
+    MaxSnapshotsReached,
+    RecursionDepthExceeded,
+    SessionExpired,
+    SessionNotFound,
+    TimeBudgetExceeded,
+    TokenBudgetExceeded,
+)
+
+cdef extern from "Python.h":
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *)  # NULL + error
+    object PyUnicode_DecodeUTF8(const char *, Py_ssize_t, const char *)
+    object PyUnicode_DecodeASCII(const char *, Py_ssize_t, const char *)
+    bint PyUnicode_IS_ASCII(object)
+    void *PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    unsigned long long PyLong_AsUnsignedLongLong(object)  # -1 + error
+    object PyErr_Occurred()
+    void PyErr_Clear()
+    ctypedef Py_ssize_t Py_hash_t
+
+cdef extern from "_core_c.h" nogil:
+    ctypedef struct SidKey:
+        uint64_t hi
+        uint64_t lo
+
+    ctypedef struct Session:
+        int64_t created_ns
+        int64_t expires_ns
+        uint64_t extension_count
+        uint64_t depth
+        uint64_t token_budget
+        uint64_t tokens_used
+        uint64_t time_budget_ms
+        uint64_t time_used_ms
+        uint64_t max_depth
+        uint64_t snapshot_count
+        int state
+
+    cdef cppclass SessionCopy:
+        SidKey key
+        Session s
+        cbool has_vm
+        cbool has_snapshot
+        string vm
+        string snapshot
+        vector[pair[string, string]] context
+
+    ctypedef struct Config:
+        int64_t duration_ns
+        int64_t increment_ns
+        uint64_t max_extensions
+        uint64_t token_budget
+        uint64_t time_budget_ms
+        uint64_t max_depth
+        uint64_t max_snapshots
+
+    ctypedef struct Stats:
+        uint64_t created
+        uint64_t active
+        uint64_t with_vm
+        uint64_t destroyed
+        uint64_t expired
+
+    cdef cppclass Table:
+        Config cfg
+        size_t size()
+        int create(SidKey, int64_t, int64_t, SessionCopy *)
+        int get(SidKey, SessionCopy *)
+        int is_valid(SidKey, int64_t)
+        int validate(SidKey, int64_t, SessionCopy *)
+        int update_state(SidKey, int64_t, int)
+        int extend(SidKey, int64_t, SessionCopy *)
+        int destroy(SidKey)
+        int cleanup(int64_t, vector[SidKey] *)
+        int assign_vm(SidKey, int64_t, const string &)
+        int release_vm(SidKey, string *, cbool *)
+        int get_vm(SidKey, string *, cbool *)
+        cbool session_for_vm(const string &, SidKey *)
+        int set_context(SidKey, int64_t, const string &, const string &)
+        int get_context(SidKey, const string &, string *, cbool *)
+        int all_context(SidKey, SessionCopy *)
+        int delete_context(SidKey, int64_t, const string &, string *, cbool *)
+        int update_budget(SidKey, int64_t, uint64_t, uint64_t, uint64_t, uint64_t,
+                          uint64_t, uint64_t)
+        int increment(SidKey, int64_t, uint64_t *, uint64_t *)
+        int decrement(SidKey, int64_t, uint64_t *)
+        void leave_recursion(SidKey)
+        int charge_tokens(SidKey, int64_t, uint64_t, uint64_t *, uint64_t *)
+        int charge_time(SidKey, int64_t, uint64_t, uint64_t *, uint64_t *)
+        int budget(SidKey, int64_t, Session *)
+        int snapshot_created(SidKey, int64_t, const string &, cbool)
+        int snapshot_restored(SidKey, int64_t, const string &)
+        int current_snapshot(SidKey, string *, cbool *)
+        int clear_snapshots(SidKey, int64_t)
+        Stats stats()
+        int list(vector[SessionCopy] *)
+        cbool contains(SidKey)
+
+    enum:
+        RLM_OK
+        RLM_NOT_FOUND
+        RLM_TERMINATED
+        RLM_EXPIRED
+        RLM_MAX_EXTENSIONS
+        RLM_DEPTH_EXCEEDED
+        RLM_MAX_SNAPSHOTS
+        RLM_TIME_OVERFLOW
+        RLM_U64_OVERFLOW
+        RLM_TOKENS_OVER
+        RLM_TIME_OVER
+        RLM_DUPLICATE
+        RLM_NOMEM
+
+    const int64_t RLM_I64_MAX
+    void rlm_format(SidKey, char *)
+    int rlm_parse(const char *, SidKey *)
+    int rlm_new_key(int64_t, SidKey *)
+    int rlm_random_init()
+    int64_t rlm_time_ns()
+
+if rlm_random_init() != 0:
+    raise ImportError("rlm_fast: could not register the fork handler")
+
+cdef object _make_info = SessionInfo._trusted
+cdef object _make_budget = BudgetStatus._trusted
+cdef tuple _STATES = STATES
+cdef object _TERMINATED_NAME = "Terminated"
+cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+
+# ---------------------------------------------------------------------------
+# SessionId
+# ---------------------------------------------------------------------------
+
+@cython.final
+@cython.freelist(64)
+cdef class SessionId:
+    """A session id: a ULID (48-bit Unix ms + 80 CSPRNG bits). Immutable,
+    hashable (hash(sid) == hash(int(sid))), ordered like its int."""
+
+    cdef uint64_t hi
+    cdef uint64_t lo
+    cdef bint _initialized
+
+    def __init__(self):
+        if self._initialized:
+            raise AttributeError("SessionId is immutable")
+        cdef SidKey k
+        if rlm_new_key(rlm_time_ns() // 1000000, &k) != 0:
+            raise OSError("the operating system's random source failed")
+        self.hi = k.hi
+        self.lo = k.lo
+        self._initialized = True
+
+    @classmethod
+    def from_string(cls, s):
+        if not isinstance(s, str):
+            raise TypeError(f"from_string needs a str, not {type(s).__name__}")
+        cdef SidKey k
+        _parse_str(s, &k)
+        return _sid(k)
+
+    @classmethod
+    def from_bytes(cls, b):
+        if not isinstance(b, (bytes, bytearray, memoryview)):
+            raise TypeError(f"from_bytes needs 16 bytes, not {type(b).__name__}")
+        raw = bytes(b)
+        if len(raw) != 16:
+            raise ValueError(f"a session id is exactly 16 bytes, got {len(raw)}")
+        cdef SidKey k
+        k.hi = int.from_bytes(raw[:8], "big")
+        k.lo = int.from_bytes(raw[8:], "big")
+        return _sid(k)
+
+    @classmethod
+    def from_int(cls, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"from_int needs an int, not {type(value).__name__}")
+        if not 0 <= value <= (1 << 128) - 1:
+            raise ValueError("a session id is an int in 0..2**128-1")
+        cdef SidKey k
+        k.hi = value >> 64
+        k.lo = value & 0xFFFFFFFFFFFFFFFF
+        return _sid(k)
+
+    @property
+    def bytes(self):
+        return self.hi.to_bytes(8, "big") + self.lo.to_bytes(8, "big")
+
+    @property
+    def timestamp_ms(self):
+        return self.hi >> 16
+
+    @property
+    def datetime(self):
+        return ns_to_datetime((self.hi >> 16) * 1000000)
+
+    def __int__(self):
+        return (<object>self.hi << 64) | self.lo
+
+    def __index__(self):
+        return (<object>self.hi << 64) | self.lo
+
+    def __str__(self):
+        cdef char buf[26]
+        rlm_format(_k(self), buf)
+        return PyUnicode_DecodeASCII(buf, 26, NULL)
+
+    def __repr__(self):
+        return f"SessionId('{self}')"
+
+    def __hash__(self):
+        # The hash of the 128-bit int: Python reduces ints modulo 2**61-1
+        # on 64-bit builds, and 2**64 = 8 (mod 2**61-1).
+        cdef uint64_t m = 0x1FFFFFFFFFFFFFFF
+        cdef uint64_t h
+        if sizeof(Py_hash_t) < 8:
+            return hash(int(self))
+        h = ((self.hi % m) * 8) % m
+        h = (h + self.lo % m) % m
+        return <Py_hash_t>h
+
+    def __richcmp__(self, other, int op):
+        if not isinstance(other, SessionId):
+            return NotImplemented
+        cdef SessionId o = <SessionId>other
+        cdef int c
+        if self.hi != o.hi:
+            c = -1 if self.hi < o.hi else 1
+        elif self.lo != o.lo:
+            c = -1 if self.lo < o.lo else 1
+        else:
+            c = 0
+        if op == 0:
+            return c < 0
+        if op == 1:
+            return c <= 0
+        if op == 2:
+            return c == 0
+        if op == 3:
+            return c != 0
+        if op == 4:
+            return c > 0
+        return c >= 0
+
+    def __reduce__(self):
+        import rlm_fast
+
+        return (rlm_fast._restore_session_id, (self.bytes,))
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+cdef inline SidKey _k(SessionId sid) noexcept:
+    cdef SidKey k
+    k.hi = sid.hi
+    k.lo = sid.lo
+    return k
+
+
+cdef inline SessionId _sid(SidKey k):
+    cdef SessionId sid = SessionId.__new__(SessionId)
+    sid.hi = k.hi
+    sid.lo = k.lo
+    sid._initialized = True
+    return sid
+
+
+cdef inline int _try_parse(str s, SidKey *out) noexcept:
+    """0 if `s` is a well-formed id, -1 if not (no exception set)."""
+    if PyUnicode_GET_LENGTH(s) != 26 or not PyUnicode_IS_ASCII(s):
+        return -1
+    return rlm_parse(<const char *>PyUnicode_DATA(s), out)
+
+
+cdef inline int _parse_str(str s, SidKey *out) except -1:
+    if _try_parse(s, out) != 0:
+        raise InvalidSessionToken(s)
+    return 0
+
+
+cdef inline int _key(object session_id, SidKey *out) except -1:
+    """The table key of a SessionId or its string form (SPEC 7)."""
+    if type(session_id) is SessionId:
+        out.hi = (<SessionId>session_id).hi
+        out.lo = (<SessionId>session_id).lo
+        return 0
+    if isinstance(session_id, str):
+        return _parse_str(<str>session_id, out)
+    raise session_id_type_error(session_id)
+
+
+# ---------------------------------------------------------------------------
+# argument conversion (the slow paths call the shared checks in _types, so
+# both cores raise the same errors with the same messages)
+# ---------------------------------------------------------------------------
+
+cdef inline uint64_t _u64(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
+    cdef unsigned long long r
+    if type(value) is int:
+        r = PyLong_AsUnsignedLongLong(value)
+        if r != <unsigned long long>-1 or PyErr_Occurred() is None:
+            return r
+        PyErr_Clear()
+    return <uint64_t>check_u64(value, name)
+
+
+cdef inline int _utf8(object value, str name, bint nonempty, string *out) except -1:
+    cdef Py_ssize_t n
+    cdef const char *p
+    if type(value) is not str or (nonempty and PyUnicode_GET_LENGTH(value) == 0):
+        value = check_str(value, name, nonempty=nonempty)  # raises, or copies a subclass
+    p = PyUnicode_AsUTF8AndSize(value, &n)
+    if p == NULL:
+        PyErr_Clear()
+        check_str(value, name, nonempty=nonempty)  # raises the shared ValueError
+        raise AssertionError("unreachable: check_str accepted a non-UTF-8 str")
+    out.assign(p, n)
+    return 0
+
+
+cdef inline str _text(const string &s):
+    return PyUnicode_DecodeUTF8(s.data(), s.size(), NULL)
+
+
+cdef object _info(SessionCopy *c):
+    cdef dict context = {}
+    cdef size_t i
+    for i in range(c.context.size()):
+        context[_text(c.context[i].first)] = _text(c.context[i].second)
+    return _make_info(
+        _sid(c.key),
+        _STATES[c.s.state],
+        c.s.created_ns,
+        c.s.expires_ns,
+        c.s.extension_count,
+        c.s.depth,
+        _make_budget(
+            c.s.token_budget,
+            c.s.tokens_used,
+            c.s.time_budget_ms,
+            c.s.time_used_ms,
+            c.s.max_depth,
+            c.s.depth,
+        ),
+        _text(c.vm) if c.has_vm else None,
+        context,
+        _text(c.snapshot) if c.has_snapshot else None,
+        c.s.snapshot_count,
+    )
+
+
+cdef int _fail(int status, SidKey key, str operation) except -1:
+    """Raise the error of a status every session call shares."""
+    if status == RLM_NOT_FOUND:
+        raise SessionNotFound(_sid(key))
+    if status == RLM_TERMINATED:
+        raise InvalidSessionState(_sid(key), _TERMINATED_NAME, operation)
+    if status == RLM_EXPIRED:
+        raise SessionExpired(_sid(key))
+    if status == RLM_NOMEM:
+        raise MemoryError()
+    raise AssertionError(f"rlm_fast: unexpected status {status} in {operation}")
+
+
+# ---------------------------------------------------------------------------
+# SessionManager
+# ---------------------------------------------------------------------------
+
+@cython.final
+cdef class _Recursion:
+    """`manager.recursion(id)`: depth +1 on entry, -1 on exit, always."""
+
+    cdef SessionManager _manager
+    cdef SidKey _key
+
+    def __enter__(self):
+        return self._manager._increment(self._key)
+
+    def __exit__(self, *exc):
+        with self._manager._lock:
+            self._manager._t.leave_recursion(self._key)
+        return None
+
+
+@cython.final
+cdef class SessionManager:
+    """The session table (the crate's `SessionManager`, SPEC 3)."""
+
+    cdef Table *_t
+    cdef cython.pymutex _lock  # guards everything behind _t
+    cdef object _clock
+    cdef object _config
+
+    def __cinit__(self):
+        self._t = new Table()
+
+    def __dealloc__(self):
+        del self._t
+
+    def __init__(self, config=None, *, clock=None):
+        if self._config is not None:
+            raise TypeError("SessionManager is already initialised")
+        if config is None:
+            config = RlmConfig()
+        elif not isinstance(config, RlmConfig):
+            raise TypeError(f"config must be an RlmConfig, not {type(config).__name__}")
+        config.validate()
+        if clock is not None and not callable(clock):
+            raise TypeError("clock must be a callable returning int nanoseconds")
+        import copy
+
+        config = copy.deepcopy(config)
+        cdef Config cfg
+        cfg.duration_ns = config.session_duration_secs * 1000000000
+        cfg.increment_ns = config.extension_increment_secs * 1000000000
+        cfg.max_extensions = config.max_extensions
+        cfg.token_budget = config.token_budget
+        cfg.time_budget_ms = config.time_budget_ms
+        cfg.max_depth = config.max_recursion_depth
+        cfg.max_snapshots = config.max_snapshots_per_session
+        self._t.cfg = cfg
+        self._clock = clock
+        self._config = config
+
+    @property
+    def config(self):
+        """A copy of the configuration the manager runs with."""
+        import copy
+
+        return copy.deepcopy(self._config)
+
+    cdef inline int64_t _now(self) except? -1:
+        if self._clock is None:
+            return rlm_time_ns()
+        return check_clock_value(self._clock())
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def create_session(self):
+        cdef int64_t now = self._now()
+        cdef SidKey k
+        cdef SessionCopy c
+        cdef int st
+        if now > RLM_I64_MAX - self._t.cfg.duration_ns:
+            raise ConfigError(MSG_CREATE_OVERFLOW)
+        while True:
+            if rlm_new_key(now // 1000000, &k) != 0:
+                raise OSError("the operating system's random source failed")
+            with self._lock:
+                st = self._t.create(k, now, now + self._t.cfg.duration_ns, &c)
+            if st != RLM_DUPLICATE:
+                break  # never reuse a live id, however unlikely
+        if st != RLM_OK:
+            _fail(st, k, "create_session")
+        return _info(&c)
+
+    def get_session(self, session_id):
+        cdef SidKey k
+        cdef SessionCopy c
+        cdef int st
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.get(k, &c)
+        if st != RLM_OK:
+            _fail(st, k, "get_session")
+        return _info(&c)
+
+    def update_session_state(self, session_id, state):
+        cdef SidKey k
+        cdef int st
+        _key(session_id, &k)
+        cdef int code = STATE_CODE[coerce_state(state)]
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.update_state(k, now, code)
+        if st != RLM_OK:
+            _fail(st, k, "update_session_state")
+
+    def is_session_valid(self, session_id):
+        cdef SidKey k
+        cdef int valid
+        if type(session_id) is SessionId:
+            k = _k(<SessionId>session_id)
+        elif isinstance(session_id, str):
+            if _try_parse(<str>session_id, &k) != 0:
+                return False
+        else:
+            raise session_id_type_error(session_id)
+        cdef int64_t now = self._now()
+        with self._lock:
+            valid = self._t.is_valid(k, now)
+        return valid != 0
+
+    def validate_session(self, session_id):
+        cdef SidKey k
+        cdef SessionCopy c
+        cdef int st
+        _key(session_id, &k)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.validate(k, now, &c)
+        if st != RLM_OK:
+            _fail(st, k, "validate")
+        return _info(&c)
+
+    def extend_session(self, session_id):
+        cdef SidKey k
+        cdef SessionCopy c
+        cdef int st
+        _key(session_id, &k)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.extend(k, now, &c)
+        if st == RLM_MAX_EXTENSIONS:
+            raise MaxExtensionsReached(_sid(k), self._t.cfg.max_extensions)
+        if st == RLM_TIME_OVERFLOW:
+            raise ConfigError(MSG_EXTEND_OVERFLOW)
+        if st != RLM_OK:
+            _fail(st, k, "extend_session")
+        return _info(&c)
+
+    def destroy_session(self, session_id):
+        cdef SidKey k
+        cdef int st
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.destroy(k)
+        if st != RLM_OK:
+            _fail(st, k, "destroy_session")
+
+    def cleanup_expired_sessions(self):
+        cdef int64_t now = self._now()
+        cdef vector[SidKey] gone
+        cdef int st
+        cdef size_t i
+        with nogil:  # the scan runs without the GIL: other threads go on
+            with self._lock:
+                st = self._t.cleanup(now, &gone)
+        if st != RLM_OK:
+            raise MemoryError()
+        return [_sid(gone[i]) for i in range(gone.size())]
+
+    # -- VM affinity ----------------------------------------------------------
+
+    def assign_vm(self, session_id, vm_instance_id):
+        cdef SidKey k
+        cdef string vm
+        cdef int st
+        _key(session_id, &k)
+        _utf8(vm_instance_id, "vm_instance_id", True, &vm)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.assign_vm(k, now, vm)
+        if st != RLM_OK:
+            _fail(st, k, "assign_vm")
+
+    def release_vm(self, session_id):
+        cdef SidKey k
+        cdef string vm
+        cdef cbool had = False
+        cdef int st
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.release_vm(k, &vm, &had)
+        if st != RLM_OK:
+            _fail(st, k, "release_vm")
+        return _text(vm) if had else None
+
+    def get_assigned_vm(self, session_id):
+        cdef SidKey k
+        cdef string vm
+        cdef cbool had = False
+        cdef int st
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.get_vm(k, &vm, &had)
+        if st != RLM_OK:
+            _fail(st, k, "get_assigned_vm")
+        return _text(vm) if had else None
+
+    def get_session_for_vm(self, vm_instance_id):
+        cdef string vm
+        cdef SidKey k
+        cdef cbool found = False
+        _utf8(vm_instance_id, "vm_instance_id", True, &vm)
+        with self._lock:
+            found = self._t.session_for_vm(vm, &k)
+        return _sid(k) if found else None
+
+    # -- context variables ------------------------------------------------------
+
+    def set_context_variable(self, session_id, key, value):
+        cdef SidKey k
+        cdef string name, text
+        cdef int st
+        _key(session_id, &k)
+        _utf8(key, "key", False, &name)
+        _utf8(value, "value", False, &text)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.set_context(k, now, name, text)
+        if st != RLM_OK:
+            _fail(st, k, "set_context_variable")
+
+    def get_context_variable(self, session_id, key):
+        cdef SidKey k
+        cdef string name, text
+        cdef cbool had = False
+        cdef int st
+        _key(session_id, &k)
+        _utf8(key, "key", False, &name)
+        with self._lock:
+            st = self._t.get_context(k, name, &text, &had)
+        if st != RLM_OK:
+            _fail(st, k, "get_context_variable")
+        return _text(text) if had else None
+
+    def get_all_context_variables(self, session_id):
+        cdef SidKey k
+        cdef SessionCopy c
+        cdef int st
+        cdef size_t i
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.all_context(k, &c)
+        if st != RLM_OK:
+            _fail(st, k, "get_all_context_variables")
+        cdef dict out = {}
+        for i in range(c.context.size()):
+            out[_text(c.context[i].first)] = _text(c.context[i].second)
+        return out
+
+    def delete_context_variable(self, session_id, key):
+        cdef SidKey k
+        cdef string name, text
+        cdef cbool had = False
+        cdef int st
+        _key(session_id, &k)
+        _utf8(key, "key", False, &name)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.delete_context(k, now, name, &text, &had)
+        if st != RLM_OK:
+            _fail(st, k, "delete_context_variable")
+        return _text(text) if had else None
+
+    # -- budgets and depth --------------------------------------------------------
+
+    def update_budget(self, session_id, budget):
+        cdef SidKey k
+        cdef int st
+        _key(session_id, &k)
+        if not isinstance(budget, BudgetStatus):
+            raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
+        cdef uint64_t tb = _u64(budget.token_budget, "token_budget")
+        cdef uint64_t tu = _u64(budget.tokens_used, "tokens_used")
+        cdef uint64_t mb = _u64(budget.time_budget_ms, "time_budget_ms")
+        cdef uint64_t mu = _u64(budget.time_used_ms, "time_used_ms")
+        cdef uint64_t md = _u64(budget.max_recursion_depth, "max_recursion_depth")
+        cdef uint64_t d = _u64(budget.current_recursion_depth, "current_recursion_depth")
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.update_budget(k, now, tb, tu, mb, mu, md, d)
+        if st != RLM_OK:
+            _fail(st, k, "update_budget")
+
+    def increment_recursion_depth(self, session_id):
+        cdef SidKey k
+        _key(session_id, &k)
+        return self._increment(k)
+
+    cdef object _increment(self, SidKey k):
+        cdef uint64_t depth = 0, maximum = 0
+        cdef int st
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.increment(k, now, &depth, &maximum)
+        if st == RLM_DEPTH_EXCEEDED:
+            raise RecursionDepthExceeded(<object>depth + 1, maximum)
+        if st != RLM_OK:
+            _fail(st, k, "increment_recursion_depth")
+        return depth
+
+    def decrement_recursion_depth(self, session_id):
+        cdef SidKey k
+        cdef uint64_t depth = 0
+        cdef int st
+        _key(session_id, &k)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.decrement(k, now, &depth)
+        if st != RLM_OK:
+            _fail(st, k, "decrement_recursion_depth")
+        return depth
+
+    def recursion(self, session_id):
+        """Context manager: depth +1 on entry (yields it), -1 on exit."""
+        cdef _Recursion r = _Recursion.__new__(_Recursion)
+        _key(session_id, &r._key)
+        r._manager = self
+        return r
+
+    def charge_tokens(self, session_id, tokens):
+        cdef SidKey k
+        cdef uint64_t total = 0, budget = 0
+        cdef int st
+        _key(session_id, &k)
+        cdef uint64_t amount = _u64(tokens, "tokens")
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.charge_tokens(k, now, amount, &total, &budget)
+        if st == RLM_OK:
+            return total
+        if st == RLM_TOKENS_OVER:
+            raise TokenBudgetExceeded(total, budget)  # spent: the charge stays
+        if st == RLM_U64_OVERFLOW:
+            raise ValueError(MSG_TOKENS_OVERFLOW)
+        _fail(st, k, "charge_tokens")
+
+    def charge_time(self, session_id, elapsed_ms):
+        cdef SidKey k
+        cdef uint64_t total = 0, budget = 0
+        cdef int st
+        _key(session_id, &k)
+        cdef uint64_t amount = _u64(elapsed_ms, "elapsed_ms")
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.charge_time(k, now, amount, &total, &budget)
+        if st == RLM_OK:
+            return total
+        if st == RLM_TIME_OVER:
+            raise TimeBudgetExceeded(total, budget)
+        if st == RLM_U64_OVERFLOW:
+            raise ValueError(MSG_TIME_OVERFLOW)
+        _fail(st, k, "charge_time")
+
+    def check_budget(self, session_id):
+        cdef SidKey k
+        cdef Session s
+        cdef int st
+        _key(session_id, &k)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.budget(k, now, &s)
+        if st != RLM_OK:
+            _fail(st, k, "check_budget")
+        if s.tokens_used >= s.token_budget:
+            raise TokenBudgetExceeded(s.tokens_used, s.token_budget)
+        if s.time_used_ms >= s.time_budget_ms:
+            raise TimeBudgetExceeded(s.time_used_ms, s.time_budget_ms)
+        if s.depth > s.max_depth:
+            raise RecursionDepthExceeded(s.depth, s.max_depth)
+        return _make_budget(
+            s.token_budget, s.tokens_used, s.time_budget_ms, s.time_used_ms,
+            s.max_depth, s.depth,
+        )
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def record_snapshot_created(self, session_id, snapshot_id, set_as_current=False):
+        cdef SidKey k
+        cdef string snap
+        cdef int st
+        _key(session_id, &k)
+        _utf8(snapshot_id, "snapshot_id", False, &snap)
+        if type(set_as_current) is not bool:
+            raise TypeError("set_as_current must be a bool")
+        cdef cbool current = set_as_current
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.snapshot_created(k, now, snap, current)
+        if st == RLM_MAX_SNAPSHOTS:
+            raise MaxSnapshotsReached(self._t.cfg.max_snapshots)
+        if st != RLM_OK:
+            _fail(st, k, "record_snapshot_created")
+
+    def record_snapshot_restored(self, session_id, snapshot_id):
+        cdef SidKey k
+        cdef string snap
+        cdef int st
+        _key(session_id, &k)
+        _utf8(snapshot_id, "snapshot_id", False, &snap)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.snapshot_restored(k, now, snap)
+        if st != RLM_OK:
+            _fail(st, k, "record_snapshot_restored")
+
+    def get_current_snapshot(self, session_id):
+        cdef SidKey k
+        cdef string snap
+        cdef cbool had = False
+        cdef int st
+        _key(session_id, &k)
+        with self._lock:
+            st = self._t.current_snapshot(k, &snap, &had)
+        if st != RLM_OK:
+            _fail(st, k, "get_current_snapshot")
+        return _text(snap) if had else None
+
+    def clear_snapshot_tracking(self, session_id):
+        cdef SidKey k
+        cdef int st
+        _key(session_id, &k)
+        cdef int64_t now = self._now()
+        with self._lock:
+            st = self._t.clear_snapshots(k, now)
+        if st != RLM_OK:
+            _fail(st, k, "clear_snapshot_tracking")
+
+    # -- whole table ------------------------------------------------------------------
+
+    def get_stats(self):
+        cdef Stats s
+        with self._lock:
+            s = self._t.stats()
+        return SessionStats(s.created, s.active, s.with_vm, s.destroyed, s.expired)
+
+    def list_sessions(self):
+        cdef vector[SessionCopy] rows
+        cdef int st
+        cdef size_t i
+        with self._lock:
+            st = self._t.list(&rows)
+        if st != RLM_OK:
+            raise MemoryError()
+        return [_info(&rows[i]) for i in range(rows.size())]
+
+    def __len__(self):
+        cdef size_t n
+        with self._lock:
+            n = self._t.size()
+        return n
+
+    def __contains__(self, session_id):
+        cdef SidKey k
+        cdef cbool found = False
+        if type(session_id) is SessionId:
+            k = _k(<SessionId>session_id)
+        elif isinstance(session_id, str):
+            if _try_parse(<str>session_id, &k) != 0:
+                return False
+        else:
+            return False
+        with self._lock:
+            found = self._t.contains(k)
+        return found
+
+    def __repr__(self):
+        return f"<SessionManager (cython) sessions={len(self)}>"
+
+    def __reduce__(self):
+        raise TypeError("a SessionManager cannot be pickled; use dump()/load()")

@@ -1,0 +1,78 @@
+"""One suite, every implementation: the `core` fixture hands each test the
+pure-Python twin and the compiled core in turn (STYLE habit 4)."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+
+from rlm_fast import _budget_py, _core_py
+
+try:
+    from rlm_fast import _budget_c, _core_c
+except ImportError as exc:  # not built
+    if os.environ.get("RLM_FAST_REQUIRE_EXTENSIONS") == "1":
+        raise
+    _budget_c = _core_c = None  # type: ignore[assignment]
+    _C_MISSING = f"compiled core not built ({exc})"
+else:
+    _C_MISSING = ""
+
+PY = types.SimpleNamespace(
+    name="python",
+    SessionId=_core_py.SessionId,
+    SessionManager=_core_py.SessionManager,
+    BudgetTracker=_budget_py.BudgetTracker,
+)
+C = (
+    None
+    if _core_c is None
+    else types.SimpleNamespace(
+        name="cython",
+        SessionId=_core_c.SessionId,
+        SessionManager=_core_c.SessionManager,
+        BudgetTracker=_budget_c.BudgetTracker,
+    )
+)
+
+CORE_PARAMS = [
+    pytest.param(PY, id="python"),
+    pytest.param(C, id="cython", marks=pytest.mark.skipif(C is None, reason=_C_MISSING or "built")),
+]
+
+
+@pytest.fixture(params=CORE_PARAMS)
+def core(request: pytest.FixtureRequest) -> types.SimpleNamespace:
+    """The implementation under test: .name, .SessionId, .SessionManager, .BudgetTracker."""
+    return request.param
+
+
+class FakeClock:
+    """An injectable clock: int nanoseconds since the epoch, moved by hand."""
+
+    def __init__(self, start_ns: int = 1_767_225_600 * 10**9) -> None:  # 2026-01-01
+        self.now = start_ns
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, *, seconds: float = 0, ns: int = 0) -> None:
+        self.now += int(seconds * 10**9) + ns
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_manager(core, clock):  # type: ignore[no-untyped-def]
+    """make_manager(**config_fields) -> a manager of the core under test on `clock`."""
+    from rlm_fast import RlmConfig
+
+    def make(**fields):  # type: ignore[no-untyped-def]
+        return core.SessionManager(RlmConfig(**fields), clock=clock)
+
+    return make

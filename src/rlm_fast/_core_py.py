@@ -96,7 +96,13 @@ class SessionId:
     _value: int
 
     def __init__(self) -> None:
+        if hasattr(self, "_value"):
+            raise AttributeError("SessionId is immutable")
         object.__setattr__(self, "_value", _random_value(time.time_ns() // 1_000_000))
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        # Final, like the compiled class: the cores key on exact ids.
+        raise TypeError("SessionId cannot be subclassed")
 
     @classmethod
     def _of(cls, value: int) -> "SessionId":
@@ -202,7 +208,7 @@ class SessionId:
 
 def _key(session_id: object) -> int:
     """The table key of a SessionId or its string form (SPEC 7)."""
-    if isinstance(session_id, SessionId):
+    if type(session_id) is SessionId:
         return session_id._value
     if isinstance(session_id, str):
         return _parse(session_id)

@@ -52,7 +52,8 @@ enum RlmStatus {
     RLM_TOKENS_OVER = 9,   /* charged, then TokenBudgetExceeded */
     RLM_TIME_OVER = 10,    /* charged, then TimeBudgetExceeded */
     RLM_DUPLICATE = 11,    /* id already in the table: draw another */
-    RLM_NOMEM = 12         /* MemoryError, nothing changed */
+    RLM_NOMEM = 12,        /* MemoryError, nothing changed */
+    RLM_NOT_EMPTY = 13     /* restore into a manager that was used */
 };
 
 /* Order of SessionState members in _types.STATES. */
@@ -685,6 +686,42 @@ class Table {
     }
 
     bool contains(SidKey key) { return find(key) != NULL; }
+
+    /* Fill an unused table from checked rows (distinct ids and VMs): all
+     * or nothing. */
+    int restore(const std::vector<SessionCopy> &rows, uint64_t created,
+                uint64_t destroyed, uint64_t expired) {
+        if (!sessions_.empty() || created_.load() != 0) return RLM_NOT_EMPTY;
+        try {
+            sessions_.reserve(rows.size());
+            for (const SessionCopy &row : rows) {
+                Session &s = sessions_.emplace(row.key, row.s).first->second;
+                s.extras = NULL;
+                if (row.has_vm || row.has_snapshot || !row.context.empty()) {
+                    Extras *ex = extras_of(&s);
+                    ex->context.insert(row.context.begin(), row.context.end());
+                    if (row.has_snapshot) {
+                        ex->snapshot = row.snapshot;
+                        ex->has_snapshot = true;
+                    }
+                    if (row.has_vm) {
+                        vm_to_session_.emplace(row.vm, row.key);
+                        ex->vm = row.vm;
+                        ex->has_vm = true;
+                    }
+                }
+            }
+        } catch (const std::bad_alloc &) {
+            for (auto &kv : sessions_) delete kv.second.extras;
+            sessions_.clear();
+            vm_to_session_.clear();
+            return RLM_NOMEM;
+        }
+        created_.store(created);
+        destroyed_.store(destroyed);
+        expired_.store(expired);
+        return RLM_OK;
+    }
 
   private:
     typedef std::unordered_map<SidKey, Session, SidHash> Map;

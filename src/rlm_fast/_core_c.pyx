@@ -29,6 +29,7 @@ from ._types import (
     SessionInfo,
     SessionStats,
     check_clock_value,
+    check_restore,
     check_str,
     check_u64,
     coerce_state,
@@ -138,6 +139,7 @@ cdef extern from "_core_c.h" nogil:
         Stats stats()
         int list(vector[SessionCopy] *)
         cbool contains(SidKey)
+        int restore(const vector[SessionCopy] &, uint64_t, uint64_t, uint64_t)
 
     enum:
         RLM_OK
@@ -153,6 +155,7 @@ cdef extern from "_core_c.h" nogil:
         RLM_TIME_OVER
         RLM_DUPLICATE
         RLM_NOMEM
+        RLM_NOT_EMPTY
 
     const int64_t RLM_I64_MAX
     void rlm_format(SidKey, char *)
@@ -873,6 +876,58 @@ cdef class SessionManager:
         if st != RLM_OK:
             raise MemoryError()
         return [_info(&rows[i]) for i in range(rows.size())]
+
+    def _export(self):
+        """Every session and the counters, read in one atomic step (dump)."""
+        cdef vector[SessionCopy] rows
+        cdef Stats s
+        cdef int st
+        cdef size_t i
+        with self._lock:
+            st = self._t.list(&rows)
+            s = self._t.stats()
+        if st != RLM_OK:
+            raise MemoryError()
+        infos = [_info(&rows[i]) for i in range(rows.size())]
+        return infos, SessionStats(s.created, s.active, s.with_vm, s.destroyed, s.expired)
+
+    def _restore(self, infos, counters):
+        """Fill an empty manager from `_export`'s rows (load): all or nothing."""
+        checked = check_restore(infos, counters)
+        cdef vector[SessionCopy] rows
+        cdef SessionCopy *c
+        cdef int st
+        rows.resize(len(checked))
+        for i, info in enumerate(checked):
+            c = &rows[i]
+            _parse_str(str(info.id), &c.key)
+            budget = info.budget_status
+            c.s.created_ns = info.created_at_ns
+            c.s.expires_ns = info.expires_at_ns
+            c.s.state = STATE_CODE[info.state]
+            c.s.extension_count = info.extension_count
+            c.s.depth = info.recursion_depth
+            c.s.token_budget = budget.token_budget
+            c.s.tokens_used = budget.tokens_used
+            c.s.time_budget_ms = budget.time_budget_ms
+            c.s.time_used_ms = budget.time_used_ms
+            c.s.max_depth = budget.max_recursion_depth
+            c.s.snapshot_count = info.snapshot_count
+            c.has_vm = info.vm_instance_id is not None
+            if c.has_vm:
+                _utf8(info.vm_instance_id, "vm_instance_id", True, &c.vm)
+            c.has_snapshot = info.current_snapshot_id is not None
+            if c.has_snapshot:
+                _utf8(info.current_snapshot_id, "current_snapshot_id", False, &c.snapshot)
+            for name, value in info.context_variables.items():
+                c.context.push_back(pair[string, string](name.encode("utf-8"), value.encode("utf-8")))
+        cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
+        with self._lock:
+            st = self._t.restore(rows, created, destroyed, expired)
+        if st == RLM_NOT_EMPTY:
+            raise ValueError("restore needs a new, empty manager")
+        if st != RLM_OK:
+            raise MemoryError()
 
     def __len__(self):
         cdef size_t n

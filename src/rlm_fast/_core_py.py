@@ -27,6 +27,7 @@ from ._types import (
     SessionState,
     SessionStats,
     check_clock_value,
+    check_restore,
     check_str,
     check_u64,
     coerce_state,
@@ -666,6 +667,48 @@ class SessionManager:
     def list_sessions(self) -> list[SessionInfo]:
         with self._lock:
             return [self._sessions[k].info() for k in sorted(self._sessions)]
+
+    def _export(self) -> tuple[list[SessionInfo], SessionStats]:
+        """Every session and the counters, read in one atomic step (dump)."""
+        with self._lock:
+            rows = [self._sessions[k].info() for k in sorted(self._sessions)]
+            stats = SessionStats(
+                self._created,
+                len(self._sessions),
+                len(self._vm_to_session),
+                self._destroyed,
+                self._expired,
+            )
+        return rows, stats
+
+    def _restore(self, infos: list[SessionInfo], counters: tuple[int, int, int]) -> None:
+        """Fill an empty manager from `_export`'s rows (load): all or nothing."""
+        rows = check_restore(infos, counters)
+        restored = []
+        for info in rows:
+            session = _Session(_parse(str(info.id)), info.created_at_ns, info.expires_at_ns, self._config)
+            budget = info.budget_status
+            session.state = info.state
+            session.extension_count = info.extension_count
+            session.depth = info.recursion_depth
+            session.token_budget = budget.token_budget
+            session.tokens_used = budget.tokens_used
+            session.time_budget_ms = budget.time_budget_ms
+            session.time_used_ms = budget.time_used_ms
+            session.max_depth = budget.max_recursion_depth
+            session.vm = info.vm_instance_id
+            session.context = dict(info.context_variables)
+            session.snapshot = info.current_snapshot_id
+            session.snapshot_count = info.snapshot_count
+            restored.append(session)
+        with self._lock:
+            if self._sessions or self._created:
+                raise ValueError("restore needs a new, empty manager")
+            for session in restored:
+                self._sessions[session.key] = session
+                if session.vm is not None:
+                    self._vm_to_session[session.vm] = session.key
+            self._created, self._destroyed, self._expired = counters
 
     def __len__(self) -> int:
         with self._lock:

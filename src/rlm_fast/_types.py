@@ -89,6 +89,40 @@ def check_clock_value(value: object) -> int:
     return value
 
 
+def check_restore(infos: object, counters: object) -> list["SessionInfo"]:
+    """The rows a core may restore (dump/load): SessionInfo objects with
+    distinct ids and distinct VM ids, and three u64 counters."""
+    if not isinstance(infos, (list, tuple)):
+        raise TypeError("sessions must be a list of SessionInfo")
+    rows: list[SessionInfo] = []
+    ids: set[str] = set()
+    vms: set[str] = set()
+    for info in infos:
+        if not isinstance(info, SessionInfo):
+            raise TypeError(f"a session row must be a SessionInfo, not {type(info).__name__}")
+        sid = str(info.id)
+        if sid in ids:
+            raise ValueError(f"session {sid} appears twice")
+        ids.add(sid)
+        if info.vm_instance_id is not None:
+            if not info.vm_instance_id:
+                raise ValueError(f"session {sid} has an empty vm_instance_id")
+            if info.vm_instance_id in vms:
+                raise ValueError(f"VM {info.vm_instance_id!r} is held by two sessions")
+            vms.add(info.vm_instance_id)
+        rows.append(info)
+    if not isinstance(counters, (list, tuple)) or len(counters) != 3:
+        raise TypeError("counters must be (created, destroyed, expired)")
+    created, destroyed, expired = (
+        check_u64(c, n) for c, n in zip(counters, ("created", "destroyed", "expired"))
+    )
+    if created != destroyed + expired + len(rows):
+        raise ValueError(
+            "counters do not balance: created != destroyed + expired + sessions"
+        )
+    return rows
+
+
 def ns_to_datetime(ns: int) -> _dt.datetime:
     """Aware UTC datetime, nanoseconds truncated (floored) to microseconds."""
     return _EPOCH + _dt.timedelta(microseconds=ns // 1000)

@@ -50,6 +50,8 @@ from .errors import (
     TokenBudgetExceeded,
 )
 
+from cpython.object cimport PyObject
+
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *)  # NULL + error
     object PyUnicode_DecodeUTF8(const char *, Py_ssize_t, const char *)
@@ -58,7 +60,7 @@ cdef extern from "Python.h":
     void *PyUnicode_DATA(object)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     unsigned long long PyLong_AsUnsignedLongLong(object)  # -1 + error
-    object PyErr_Occurred()
+    PyObject *PyErr_Occurred()  # borrowed: never an `object`
     void PyErr_Clear()
     ctypedef Py_ssize_t Py_hash_t
 
@@ -349,7 +351,7 @@ cdef inline uint64_t _u64(object value, str name) except? 0xFFFFFFFFFFFFFFFF:
     cdef unsigned long long r
     if type(value) is int:
         r = PyLong_AsUnsignedLongLong(value)
-        if r != <unsigned long long>-1 or PyErr_Occurred() is None:
+        if r != <unsigned long long>-1 or PyErr_Occurred() == NULL:
             return r
         PyErr_Clear()
     return <uint64_t>check_u64(value, name)

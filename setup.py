@@ -8,15 +8,24 @@ Switches (environment, at build time):
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import sys
 
 from setuptools import Extension, setup
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "src"))
-from rlm_fast._selector import env_flag  # noqa: E402  (one parser for the flag)
 
-sys.path.pop(0)
+def _load_selector():  # type: ignore[no-untyped-def]
+    # One parser for the RLM_FAST_* flags, loaded by path: importing the
+    # package itself would try to load the extension being built.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "src", "rlm_fast", "_selector.py")
+    spec = importlib.util.spec_from_file_location("_rlm_fast_selector", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+env_flag = _load_selector().env_flag
 
 
 def extensions() -> list[Extension]:

@@ -1008,3 +1008,21 @@ def test_a_clock_that_is_not_callable_is_a_type_error(core) -> None:
     with pytest.raises(TypeError):
         # Refused at construction or, at the latest, at the first reading.
         core.SessionManager(RlmConfig(), clock=12345).create_session()
+
+
+def test_the_other_cores_session_id_is_accepted(core, make_manager) -> None:
+    # Both cores can be loaded in one process (this suite, or a pickle read
+    # as rlm_fast.SessionId): an id of the other core names the same session.
+    from conftest import C, PY
+
+    other = C if core is PY else PY
+    if other is None:
+        pytest.skip("only one core is built")
+    m = make_manager()
+    sid = m.create_session().id
+    foreign = other.SessionId.from_int(int(sid))
+    assert type(foreign) is not type(sid)
+    assert m.get_session(foreign).id == sid
+    assert m.is_session_valid(foreign) is True
+    assert foreign in m
+    assert other.SessionId.from_int(int(sid) ^ 1) not in m

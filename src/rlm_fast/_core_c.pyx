@@ -30,6 +30,7 @@ from ._types import (
     SessionStats,
     check_clock_value,
     check_restore,
+    foreign_session_id,
     check_str,
     check_u64,
     coerce_state,
@@ -339,7 +340,12 @@ cdef inline int _key(object session_id, SidKey *out) except -1:
         return 0
     if isinstance(session_id, str):
         return _parse_str(<str>session_id, out)
-    raise session_id_type_error(session_id)
+    value = foreign_session_id(session_id)
+    if value is None:
+        raise session_id_type_error(session_id)
+    out.hi = value >> 64
+    out.lo = value & 0xFFFFFFFFFFFFFFFF
+    return 0
 
 
 # ---------------------------------------------------------------------------
@@ -538,7 +544,7 @@ cdef class SessionManager:
             if _try_parse(<str>session_id, &k) != 0:
                 return False
         else:
-            raise session_id_type_error(session_id)
+            _key(session_id, &k)  # the other core's SessionId, or TypeError
         cdef int64_t now = self._now()
         with self._lock:
             valid = self._t.is_valid(k, now)
@@ -945,8 +951,10 @@ cdef class SessionManager:
         elif isinstance(session_id, str):
             if _try_parse(<str>session_id, &k) != 0:
                 return False
-        else:
+        elif foreign_session_id(session_id) is None:
             return False
+        else:
+            _key(session_id, &k)
         with self._lock:
             found = self._t.contains(k)
         return found

@@ -28,6 +28,7 @@ from ._types import (
     SessionStats,
     check_clock_value,
     check_restore,
+    foreign_session_id,
     check_str,
     check_u64,
     coerce_state,
@@ -213,7 +214,10 @@ def _key(session_id: object) -> int:
         return session_id._value
     if isinstance(session_id, str):
         return _parse(session_id)
-    raise session_id_type_error(session_id)
+    value = foreign_session_id(session_id)
+    if value is None:
+        raise session_id_type_error(session_id)
+    return value
 
 
 # ---------------------------------------------------------------------------

@@ -44,6 +44,15 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # --------------------------------------------------------------------------
 
 
+def foreign_session_id(value: object) -> int | None:
+    """The value of the *other* core's SessionId (both cores can be loaded in
+    one process, e.g. by the test suite or a pickle), else None."""
+    cls = type(value)
+    if cls.__name__ == "SessionId" and cls.__module__ in ("rlm_fast", "rlm_fast._core_c"):
+        return int(value)  # type: ignore[call-overload]
+    return None
+
+
 def session_id_type_error(value: object) -> TypeError:
     return TypeError(
         f"session id must be a SessionId or str, not {type(value).__name__}"

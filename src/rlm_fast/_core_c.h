@@ -1,9 +1,11 @@
 /* rlm_fast compiled core: the session table in C++ memory.
  *
- * Nothing here touches Python. `Table` is not thread-safe by itself: the
- * Cython class that owns it holds its pymutex around every call, so each
- * method is one atomic step. Methods return a status code and never throw
- * (allocation failure becomes RLM_NOMEM with the table unchanged).
+ * No Python object is touched here. A `Table` carries its own lock
+ * (`Table::mu`); its methods assume the caller holds it, so each call made
+ * under one acquisition is one atomic step. The Cython class and the
+ * cimport-able C API (`_core_c.pxd`) both take it. Methods return a status
+ * code and never throw (allocation failure becomes RLM_NOMEM with the table
+ * unchanged).
  */
 #ifndef RLM_FAST_CORE_C_H
 #define RLM_FAST_CORE_C_H
@@ -18,6 +20,11 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include <Python.h> /* PyMutex (3.13+), PY_VERSION_HEX: no object is used */
+#if PY_VERSION_HEX < 0x030D0000
+#  include <mutex>
+#endif
 
 #if defined(_WIN32)
 #  include <windows.h>
@@ -223,6 +230,39 @@ static inline int64_t rlm_time_ns(void) {
 #endif
 }
 
+/* ---------------------------------------------------------------- lock */
+
+/* The table's lock. On 3.13+ a PyMutex: one byte, and a thread that blocks
+ * on it detaches from the interpreter, so neither the GIL nor a
+ * free-threaded stop-the-world can deadlock against it. Before 3.13 a
+ * std::mutex; callers that hold the GIL try_lock() first and release the
+ * GIL before blocking (see _core_c.pyx `_acquire`). Usable without the GIL
+ * or a thread state. */
+#if PY_VERSION_HEX >= 0x030D0000
+struct RlmLock {
+    PyMutex m = {0};
+    void lock() { PyMutex_Lock(&m); }
+    void unlock() { PyMutex_Unlock(&m); }
+    bool try_lock() { PyMutex_Lock(&m); return true; } /* detaches itself */
+};
+#else
+struct RlmLock {
+    std::mutex m;
+    void lock() { m.lock(); }
+    void unlock() { m.unlock(); }
+    bool try_lock() { return m.try_lock(); }
+};
+#endif
+
+/* Holds a table's lock for one scope (C API functions). */
+struct RlmGuard {
+    RlmLock &l;
+    explicit RlmGuard(RlmLock &lock) : l(lock) { l.lock(); }
+    ~RlmGuard() { l.unlock(); }
+    RlmGuard(const RlmGuard &) = delete;
+    RlmGuard &operator=(const RlmGuard &) = delete;
+};
+
 /* ---------------------------------------------------------------- table */
 
 /* What a session has only sometimes: allocated on first use. */
@@ -277,7 +317,8 @@ struct Stats {
 
 class Table {
   public:
-    Config cfg;
+    Config cfg;   /* set once, before the table is shared */
+    RlmLock mu;   /* guards everything below and every Session */
 
     Table() { cfg = Config(); }
     ~Table() {

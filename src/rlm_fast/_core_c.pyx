@@ -4,11 +4,12 @@
 """Compiled session core: `SessionId` and `SessionManager`, same behaviour as
 `_core_py.py` (the specification), with the table in C++ memory.
 
-Each manager owns a `Table` (see `_core_c.h`) and one `cython.pymutex`. Every
+Each manager owns a `Table` (see `_core_c.h`), which carries its lock. Every
 method converts its arguments (ids parsed, strings encoded, the clock read)
 before taking the lock, does only C++ work under it (no Python object is
 created, freed or raised there), and builds its result or exception after
-releasing it from a plain C copy.
+releasing it from a plain C copy. `_core_c.pxd` declares the same table and
+a nogil C API for other Cython extensions.
 """
 
 cimport cython
@@ -108,8 +109,14 @@ cdef extern from "_core_c.h" nogil:
         uint64_t destroyed
         uint64_t expired
 
+    cdef cppclass RlmLock:
+        void lock()
+        void unlock()
+        cbool try_lock()
+
     cdef cppclass Table:
         Config cfg
+        RlmLock mu
         size_t size()
         int create(SidKey, int64_t, int64_t, SessionCopy *)
         int get(SidKey, SessionCopy *)
@@ -408,6 +415,14 @@ cdef object _info(SessionCopy *c):
     )
 
 
+cdef inline void _acquire(Table *t) noexcept:
+    """Take the table's lock while holding the GIL: release the GIL before
+    blocking, so the holder (maybe a nogil scan) and other threads go on."""
+    if not t.mu.try_lock():
+        with nogil:
+            t.mu.lock()
+
+
 cdef int _fail(int status, SidKey key, str operation) except -1:
     """Raise the error of a status every session call shares."""
     if status == RLM_NOT_FOUND:
@@ -436,8 +451,9 @@ cdef class _Recursion:
         return self._manager._increment(self._key)
 
     def __exit__(self, *exc):
-        with self._manager._lock:
-            self._manager._t.leave_recursion(self._key)
+        _acquire(self._manager._t)
+        self._manager._t.leave_recursion(self._key)
+        self._manager._t.mu.unlock()
         return None
 
 
@@ -445,8 +461,7 @@ cdef class _Recursion:
 cdef class SessionManager:
     """The session table (the crate's `SessionManager`, SPEC 3)."""
 
-    cdef Table *_t
-    cdef cython.pymutex _lock  # guards everything behind _t
+    cdef Table *_t  # owned; its lock `_t.mu` guards everything behind it
     cdef object _clock
     cdef object _config
 
@@ -505,8 +520,9 @@ cdef class SessionManager:
         while True:
             if rlm_new_key(now // 1000000, &k) != 0:
                 raise OSError("the operating system's random source failed")
-            with self._lock:
-                st = self._t.create(k, now, now + self._t.cfg.duration_ns, &c)
+            _acquire(self._t)
+            st = self._t.create(k, now, now + self._t.cfg.duration_ns, &c)
+            self._t.mu.unlock()
             if st != RLM_DUPLICATE:
                 break  # never reuse a live id, however unlikely
         if st != RLM_OK:
@@ -518,8 +534,9 @@ cdef class SessionManager:
         cdef SessionCopy c
         cdef int st
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.get(k, &c)
+        _acquire(self._t)
+        st = self._t.get(k, &c)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_session")
         return _info(&c)
@@ -530,8 +547,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef int code = STATE_CODE[coerce_state(state)]
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.update_state(k, now, code)
+        _acquire(self._t)
+        st = self._t.update_state(k, now, code)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "update_session_state")
 
@@ -546,8 +564,9 @@ cdef class SessionManager:
         else:
             _key(session_id, &k)  # the other core's SessionId, or TypeError
         cdef int64_t now = self._now()
-        with self._lock:
-            valid = self._t.is_valid(k, now)
+        _acquire(self._t)
+        valid = self._t.is_valid(k, now)
+        self._t.mu.unlock()
         return valid != 0
 
     def validate_session(self, session_id):
@@ -556,8 +575,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.validate(k, now, &c)
+        _acquire(self._t)
+        st = self._t.validate(k, now, &c)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "validate")
         return _info(&c)
@@ -568,8 +588,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.extend(k, now, &c)
+        _acquire(self._t)
+        st = self._t.extend(k, now, &c)
+        self._t.mu.unlock()
         if st == RLM_MAX_EXTENSIONS:
             raise MaxExtensionsReached(_sid(k), self._t.cfg.max_extensions)
         if st == RLM_TIME_OVERFLOW:
@@ -582,8 +603,9 @@ cdef class SessionManager:
         cdef SidKey k
         cdef int st
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.destroy(k)
+        _acquire(self._t)
+        st = self._t.destroy(k)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "destroy_session")
 
@@ -593,8 +615,9 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         with nogil:  # the scan runs without the GIL: other threads go on
-            with self._lock:
-                st = self._t.cleanup(now, &gone)
+            self._t.mu.lock()
+            st = self._t.cleanup(now, &gone)
+            self._t.mu.unlock()
         if st != RLM_OK:
             raise MemoryError()
         return [_sid(gone[i]) for i in range(gone.size())]
@@ -608,8 +631,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(vm_instance_id, "vm_instance_id", True, &vm)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.assign_vm(k, now, vm)
+        _acquire(self._t)
+        st = self._t.assign_vm(k, now, vm)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "assign_vm")
 
@@ -619,8 +643,9 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.release_vm(k, &vm, &had)
+        _acquire(self._t)
+        st = self._t.release_vm(k, &vm, &had)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "release_vm")
         return _text(vm) if had else None
@@ -631,8 +656,9 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.get_vm(k, &vm, &had)
+        _acquire(self._t)
+        st = self._t.get_vm(k, &vm, &had)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_assigned_vm")
         return _text(vm) if had else None
@@ -642,8 +668,9 @@ cdef class SessionManager:
         cdef SidKey k
         cdef cbool found = False
         _utf8(vm_instance_id, "vm_instance_id", True, &vm)
-        with self._lock:
-            found = self._t.session_for_vm(vm, &k)
+        _acquire(self._t)
+        found = self._t.session_for_vm(vm, &k)
+        self._t.mu.unlock()
         return _sid(k) if found else None
 
     # -- context variables ------------------------------------------------------
@@ -656,8 +683,9 @@ cdef class SessionManager:
         _utf8(key, "key", False, &name)
         _utf8(value, "value", False, &text)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.set_context(k, now, name, text)
+        _acquire(self._t)
+        st = self._t.set_context(k, now, name, text)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "set_context_variable")
 
@@ -668,8 +696,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         _utf8(key, "key", False, &name)
-        with self._lock:
-            st = self._t.get_context(k, name, &text, &had)
+        _acquire(self._t)
+        st = self._t.get_context(k, name, &text, &had)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_context_variable")
         return _text(text) if had else None
@@ -680,8 +709,9 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.all_context(k, &c)
+        _acquire(self._t)
+        st = self._t.all_context(k, &c)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_all_context_variables")
         cdef dict out = {}
@@ -697,8 +727,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(key, "key", False, &name)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.delete_context(k, now, name, &text, &had)
+        _acquire(self._t)
+        st = self._t.delete_context(k, now, name, &text, &had)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "delete_context_variable")
         return _text(text) if had else None
@@ -718,8 +749,9 @@ cdef class SessionManager:
         cdef uint64_t md = _u64(budget.max_recursion_depth, "max_recursion_depth")
         cdef uint64_t d = _u64(budget.current_recursion_depth, "current_recursion_depth")
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.update_budget(k, now, tb, tu, mb, mu, md, d)
+        _acquire(self._t)
+        st = self._t.update_budget(k, now, tb, tu, mb, mu, md, d)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "update_budget")
 
@@ -732,8 +764,9 @@ cdef class SessionManager:
         cdef uint64_t depth = 0, maximum = 0
         cdef int st
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.increment(k, now, &depth, &maximum)
+        _acquire(self._t)
+        st = self._t.increment(k, now, &depth, &maximum)
+        self._t.mu.unlock()
         if st == RLM_DEPTH_EXCEEDED:
             raise RecursionDepthExceeded(<object>depth + 1, maximum)
         if st != RLM_OK:
@@ -746,8 +779,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.decrement(k, now, &depth)
+        _acquire(self._t)
+        st = self._t.decrement(k, now, &depth)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "decrement_recursion_depth")
         return depth
@@ -766,8 +800,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef uint64_t amount = _u64(tokens, "tokens")
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.charge_tokens(k, now, amount, &total, &budget)
+        _acquire(self._t)
+        st = self._t.charge_tokens(k, now, amount, &total, &budget)
+        self._t.mu.unlock()
         if st == RLM_OK:
             return total
         if st == RLM_TOKENS_OVER:
@@ -783,8 +818,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef uint64_t amount = _u64(elapsed_ms, "elapsed_ms")
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.charge_time(k, now, amount, &total, &budget)
+        _acquire(self._t)
+        st = self._t.charge_time(k, now, amount, &total, &budget)
+        self._t.mu.unlock()
         if st == RLM_OK:
             return total
         if st == RLM_TIME_OVER:
@@ -799,8 +835,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.budget(k, now, &s)
+        _acquire(self._t)
+        st = self._t.budget(k, now, &s)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "check_budget")
         if s.tokens_used >= s.token_budget:
@@ -826,8 +863,9 @@ cdef class SessionManager:
             raise TypeError("set_as_current must be a bool")
         cdef cbool current = set_as_current
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.snapshot_created(k, now, snap, current)
+        _acquire(self._t)
+        st = self._t.snapshot_created(k, now, snap, current)
+        self._t.mu.unlock()
         if st == RLM_MAX_SNAPSHOTS:
             raise MaxSnapshotsReached(self._t.cfg.max_snapshots)
         if st != RLM_OK:
@@ -840,8 +878,9 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(snapshot_id, "snapshot_id", False, &snap)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.snapshot_restored(k, now, snap)
+        _acquire(self._t)
+        st = self._t.snapshot_restored(k, now, snap)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "record_snapshot_restored")
 
@@ -851,8 +890,9 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        with self._lock:
-            st = self._t.current_snapshot(k, &snap, &had)
+        _acquire(self._t)
+        st = self._t.current_snapshot(k, &snap, &had)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_current_snapshot")
         return _text(snap) if had else None
@@ -862,8 +902,9 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        with self._lock:
-            st = self._t.clear_snapshots(k, now)
+        _acquire(self._t)
+        st = self._t.clear_snapshots(k, now)
+        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "clear_snapshot_tracking")
 
@@ -871,16 +912,18 @@ cdef class SessionManager:
 
     def get_stats(self):
         cdef Stats s
-        with self._lock:
-            s = self._t.stats()
+        _acquire(self._t)
+        s = self._t.stats()
+        self._t.mu.unlock()
         return SessionStats(s.created, s.active, s.with_vm, s.destroyed, s.expired)
 
     def list_sessions(self):
         cdef vector[SessionCopy] rows
         cdef int st
         cdef size_t i
-        with self._lock:
-            st = self._t.list(&rows)
+        _acquire(self._t)
+        st = self._t.list(&rows)
+        self._t.mu.unlock()
         if st != RLM_OK:
             raise MemoryError()
         return [_info(&rows[i]) for i in range(rows.size())]
@@ -891,9 +934,10 @@ cdef class SessionManager:
         cdef Stats s
         cdef int st
         cdef size_t i
-        with self._lock:
-            st = self._t.list(&rows)
-            s = self._t.stats()
+        _acquire(self._t)
+        st = self._t.list(&rows)
+        s = self._t.stats()
+        self._t.mu.unlock()
         if st != RLM_OK:
             raise MemoryError()
         infos = [_info(&rows[i]) for i in range(rows.size())]
@@ -930,17 +974,32 @@ cdef class SessionManager:
             for name, value in info.context_variables.items():
                 c.context.push_back(pair[string, string](name.encode("utf-8"), value.encode("utf-8")))
         cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
-        with self._lock:
-            st = self._t.restore(rows, created, destroyed, expired)
+        _acquire(self._t)
+        st = self._t.restore(rows, created, destroyed, expired)
+        self._t.mu.unlock()
         if st == RLM_NOT_EMPTY:
             raise ValueError("restore needs a new, empty manager")
         if st != RLM_OK:
             raise MemoryError()
 
+    def dump(self, path):
+        """Write every session and the counters to `path`, atomically
+        (docs/dump-format.md)."""
+        from ._serde import dump
+        dump(self, path)
+
+    @classmethod
+    def load(cls, path, config=None, *, clock=None):
+        """A new manager holding what `dump` wrote, with the dumped config
+        unless `config` is given; a bad file raises Serialization."""
+        from ._serde import load
+        return load(cls, path, config, clock=clock)
+
     def __len__(self):
         cdef size_t n
-        with self._lock:
-            n = self._t.size()
+        _acquire(self._t)
+        n = self._t.size()
+        self._t.mu.unlock()
         return n
 
     def __contains__(self, session_id):
@@ -955,8 +1014,9 @@ cdef class SessionManager:
             return False
         else:
             _key(session_id, &k)
-        with self._lock:
-            found = self._t.contains(k)
+        _acquire(self._t)
+        found = self._t.contains(k)
+        self._t.mu.unlock()
         return found
 
     def __repr__(self):

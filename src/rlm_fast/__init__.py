@@ -41,6 +41,14 @@ else:
     del _session_core, _budget_core
 
 
+def get_include() -> str:
+    """The directory holding `_core_c.h` and `_core_c.pxd`, for Cython
+    extensions that cimport the nogil C API (`include_dirs=[...]`)."""
+    import os
+
+    return os.path.dirname(os.path.abspath(__file__))
+
+
 def _restore_session_id(raw: bytes) -> "SessionId":
     # Pickles of either core's SessionId name this function, so a pickle
     # made with one core loads with the other.
@@ -49,6 +57,7 @@ def _restore_session_id(raw: bytes) -> "SessionId":
 
 __all__ = [
     "IMPLEMENTATION",
+    "get_include",
     "__version__",
     "SessionManager",
     "BudgetTracker",

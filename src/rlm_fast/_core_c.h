@@ -60,7 +60,9 @@ enum RlmStatus {
     RLM_TIME_OVER = 10,    /* charged, then TimeBudgetExceeded */
     RLM_DUPLICATE = 11,    /* id already in the table: draw another */
     RLM_NOMEM = 12,        /* MemoryError, nothing changed */
-    RLM_NOT_EMPTY = 13     /* restore into a manager that was used */
+    RLM_NOT_EMPTY = 13,    /* restore into a manager that was used */
+    RLM_NO_VM = 14,        /* C API: the session holds no VM */
+    RLM_BUFFER_TOO_SMALL = 15 /* C API: *length says what is needed */
 };
 
 /* Order of SessionState members in _types.STATES. */
@@ -364,9 +366,23 @@ class Table {
         return RLM_OK;
     }
 
-    int is_valid(SidKey key, int64_t now) {
+    int is_valid(SidKey key, int64_t now) { return status_of(key, now) == RLM_OK; }
+
+    /* RLM_OK for a usable session, else why not. */
+    int status_of(SidKey key, int64_t now) {
         Session *s;
-        return live(key, now, &s) == RLM_OK;
+        return live(key, now, &s);
+    }
+
+    /* The VM id into a caller's buffer (the nogil C API). */
+    int copy_vm(SidKey key, char *buf, size_t size, size_t *length) {
+        Session *s = find(key);
+        if (!s) return RLM_NOT_FOUND;
+        if (!s->extras || !s->extras->has_vm) return RLM_NO_VM;
+        *length = s->extras->vm.size();
+        if (*length > size) return RLM_BUFFER_TOO_SMALL;
+        memcpy(buf, s->extras->vm.data(), *length);
+        return RLM_OK;
     }
 
     int validate(SidKey key, int64_t now, SessionCopy *out) {

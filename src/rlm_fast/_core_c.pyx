@@ -66,114 +66,6 @@ cdef extern from "Python.h":
     void PyErr_Clear()
     ctypedef Py_ssize_t Py_hash_t
 
-cdef extern from "_core_c.h" nogil:
-    ctypedef struct SidKey:
-        uint64_t hi
-        uint64_t lo
-
-    ctypedef struct Session:
-        int64_t created_ns
-        int64_t expires_ns
-        uint64_t extension_count
-        uint64_t depth
-        uint64_t token_budget
-        uint64_t tokens_used
-        uint64_t time_budget_ms
-        uint64_t time_used_ms
-        uint64_t max_depth
-        uint64_t snapshot_count
-        int state
-
-    cdef cppclass SessionCopy:
-        SidKey key
-        Session s
-        cbool has_vm
-        cbool has_snapshot
-        string vm
-        string snapshot
-        vector[pair[string, string]] context
-
-    ctypedef struct Config:
-        int64_t duration_ns
-        int64_t increment_ns
-        uint64_t max_extensions
-        uint64_t token_budget
-        uint64_t time_budget_ms
-        uint64_t max_depth
-        uint64_t max_snapshots
-
-    ctypedef struct Stats:
-        uint64_t created
-        uint64_t active
-        uint64_t with_vm
-        uint64_t destroyed
-        uint64_t expired
-
-    cdef cppclass RlmLock:
-        void lock()
-        void unlock()
-        cbool try_lock()
-
-    cdef cppclass Table:
-        Config cfg
-        RlmLock mu
-        size_t size()
-        int create(SidKey, int64_t, int64_t, SessionCopy *)
-        int get(SidKey, SessionCopy *)
-        int is_valid(SidKey, int64_t)
-        int validate(SidKey, int64_t, SessionCopy *)
-        int update_state(SidKey, int64_t, int)
-        int extend(SidKey, int64_t, SessionCopy *)
-        int destroy(SidKey)
-        int cleanup(int64_t, vector[SidKey] *)
-        int assign_vm(SidKey, int64_t, const string &)
-        int release_vm(SidKey, string *, cbool *)
-        int get_vm(SidKey, string *, cbool *)
-        cbool session_for_vm(const string &, SidKey *)
-        int set_context(SidKey, int64_t, const string &, const string &)
-        int get_context(SidKey, const string &, string *, cbool *)
-        int all_context(SidKey, SessionCopy *)
-        int delete_context(SidKey, int64_t, const string &, string *, cbool *)
-        int update_budget(SidKey, int64_t, uint64_t, uint64_t, uint64_t, uint64_t,
-                          uint64_t, uint64_t)
-        int increment(SidKey, int64_t, uint64_t *, uint64_t *)
-        int decrement(SidKey, int64_t, uint64_t *)
-        void leave_recursion(SidKey)
-        int charge_tokens(SidKey, int64_t, uint64_t, uint64_t *, uint64_t *)
-        int charge_time(SidKey, int64_t, uint64_t, uint64_t *, uint64_t *)
-        int budget(SidKey, int64_t, Session *)
-        int snapshot_created(SidKey, int64_t, const string &, cbool)
-        int snapshot_restored(SidKey, int64_t, const string &)
-        int current_snapshot(SidKey, string *, cbool *)
-        int clear_snapshots(SidKey, int64_t)
-        Stats stats()
-        int list(vector[SessionCopy] *)
-        cbool contains(SidKey)
-        int restore(const vector[SessionCopy] &, uint64_t, uint64_t, uint64_t)
-
-    enum:
-        RLM_OK
-        RLM_NOT_FOUND
-        RLM_TERMINATED
-        RLM_EXPIRED
-        RLM_MAX_EXTENSIONS
-        RLM_DEPTH_EXCEEDED
-        RLM_MAX_SNAPSHOTS
-        RLM_TIME_OVERFLOW
-        RLM_U64_OVERFLOW
-        RLM_TOKENS_OVER
-        RLM_TIME_OVER
-        RLM_DUPLICATE
-        RLM_NOMEM
-        RLM_NOT_EMPTY
-
-    const int64_t RLM_I64_MAX
-    void rlm_format(SidKey, char *)
-    int rlm_parse(const char *, SidKey *)
-    int rlm_new_key(int64_t, SidKey *)
-    int rlm_random_init()
-    int64_t rlm_time_ns()
-
 if rlm_random_init() != 0:
     raise ImportError("rlm_fast: could not register the fork handler")
 
@@ -193,10 +85,6 @@ cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFF
 cdef class SessionId:
     """A session id: a ULID (48-bit Unix ms + 80 CSPRNG bits). Immutable,
     hashable (hash(sid) == hash(int(sid))), ordered like its int."""
-
-    cdef uint64_t hi
-    cdef uint64_t lo
-    cdef bint _initialized
 
     def __init__(self):
         if self._initialized:
@@ -461,10 +349,6 @@ cdef class _Recursion:
 cdef class SessionManager:
     """The session table (the crate's `SessionManager`, SPEC 3)."""
 
-    cdef Table *_t  # owned; its lock `_t.mu` guards everything behind it
-    cdef object _clock
-    cdef object _config
-
     def __cinit__(self):
         self._t = new Table()
 
@@ -503,7 +387,7 @@ cdef class SessionManager:
 
         return copy.deepcopy(self._config)
 
-    cdef inline int64_t _now(self) except? -1:
+    cdef int64_t _now(self) except? -1:
         if self._clock is None:
             return rlm_time_ns()
         return check_clock_value(self._clock())
@@ -1024,3 +908,76 @@ cdef class SessionManager:
 
     def __reduce__(self):
         raise TypeError("a SessionManager cannot be pickled; use dump()/load()")
+
+
+# ---------------------------------------------------------------------------
+# the nogil C API declared in _core_c.pxd
+# ---------------------------------------------------------------------------
+
+cdef inline SidKey _key16(const unsigned char *b) noexcept nogil:
+    cdef SidKey k
+    cdef int i
+    k.hi = 0
+    k.lo = 0
+    for i in range(8):
+        k.hi = (k.hi << 8) | b[i]
+        k.lo = (k.lo << 8) | b[8 + i]
+    return k
+
+
+cdef Table *rlm_table(SessionManager manager) noexcept:
+    return manager._t
+
+
+cdef int64_t rlm_now_ns() noexcept nogil:
+    return rlm_time_ns()
+
+
+cdef int rlm_is_valid(Table *t, const unsigned char *sid, int64_t now_ns) noexcept nogil:
+    t.mu.lock()
+    cdef int st = t.status_of(_key16(sid), now_ns)
+    t.mu.unlock()
+    return st
+
+
+cdef int rlm_charge_tokens(Table *t, const unsigned char *sid, int64_t now_ns,
+                           uint64_t amount, uint64_t *total) noexcept nogil:
+    cdef uint64_t budget
+    t.mu.lock()
+    cdef int st = t.charge_tokens(_key16(sid), now_ns, amount, total, &budget)
+    t.mu.unlock()
+    return st
+
+
+cdef int rlm_charge_time(Table *t, const unsigned char *sid, int64_t now_ns,
+                         uint64_t amount_ms, uint64_t *total) noexcept nogil:
+    cdef uint64_t budget
+    t.mu.lock()
+    cdef int st = t.charge_time(_key16(sid), now_ns, amount_ms, total, &budget)
+    t.mu.unlock()
+    return st
+
+
+cdef int rlm_depth_up(Table *t, const unsigned char *sid, int64_t now_ns,
+                      uint64_t *depth) noexcept nogil:
+    cdef uint64_t maximum
+    t.mu.lock()
+    cdef int st = t.increment(_key16(sid), now_ns, depth, &maximum)
+    t.mu.unlock()
+    return st
+
+
+cdef int rlm_depth_down(Table *t, const unsigned char *sid, int64_t now_ns,
+                        uint64_t *depth) noexcept nogil:
+    t.mu.lock()
+    cdef int st = t.decrement(_key16(sid), now_ns, depth)
+    t.mu.unlock()
+    return st
+
+
+cdef int rlm_vm_of(Table *t, const unsigned char *sid, char *buf, size_t size,
+                   size_t *length) noexcept nogil:
+    t.mu.lock()
+    cdef int st = t.copy_vm(_key16(sid), buf, size, length)
+    t.mu.unlock()
+    return st

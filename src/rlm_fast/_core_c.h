@@ -313,6 +313,44 @@ struct Config {
     uint64_t max_snapshots; /* 0: no limit */
 };
 
+/* One row of budget_table(): the packed layout of _types.BUDGET_TABLE_FIELDS
+ * (native byte order; the id big-endian). */
+#pragma pack(push, 1)
+struct BudgetRow {
+    unsigned char id[16];
+    uint8_t state;
+    int64_t expires_ns;
+    uint64_t tokens_used, token_budget, time_used_ms, time_budget_ms;
+    uint64_t depth, max_depth, extension_count, snapshot_count;
+    uint8_t has_vm;
+};
+#pragma pack(pop)
+
+static inline void rlm_key_bytes(SidKey k, unsigned char *out) {
+    for (int i = 7; i >= 0; --i) {
+        out[i] = (unsigned char)(k.hi & 0xFF);
+        out[8 + i] = (unsigned char)(k.lo & 0xFF);
+        k.hi >>= 8;
+        k.lo >>= 8;
+    }
+}
+
+static inline SidKey rlm_key_from_bytes(const unsigned char *b) {
+    SidKey k = {0, 0};
+    for (int i = 0; i < 8; ++i) {
+        k.hi = (k.hi << 8) | b[i];
+        k.lo = (k.lo << 8) | b[8 + i];
+    }
+    return k;
+}
+
+/* Sort rows by id: memcmp of big-endian ids is numeric order. */
+static inline void rlm_sort_rows(std::vector<BudgetRow> &rows) {
+    std::sort(rows.begin(), rows.end(), [](const BudgetRow &a, const BudgetRow &b) {
+        return memcmp(a.id, b.id, 16) < 0;
+    });
+}
+
 struct Stats {
     uint64_t created, active, with_vm, destroyed, expired;
 };
@@ -743,6 +781,41 @@ class Table {
     }
 
     bool contains(SidKey key) { return find(key) != NULL; }
+
+    /* validate_many: out[i] = 1 if keys[i] is usable now (skip[i]: malformed). */
+    void validity(const std::vector<SidKey> &keys, const std::vector<char> &skip,
+                  int64_t now, char *out) {
+        for (size_t i = 0; i < keys.size(); ++i)
+            out[i] = !skip[i] && status_of(keys[i], now) == RLM_OK;
+    }
+
+    /* budget_table: one row per session, unsorted (the caller sorts after
+     * unlocking). */
+    int budget_rows(std::vector<BudgetRow> *out) {
+        try {
+            out->resize(sessions_.size());
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+        size_t i = 0;
+        for (auto &kv : sessions_) {
+            BudgetRow &r = (*out)[i++];
+            const Session &s = kv.second;
+            rlm_key_bytes(kv.first, r.id);
+            r.state = (uint8_t)s.state;
+            r.expires_ns = s.expires_ns;
+            r.tokens_used = s.tokens_used;
+            r.token_budget = s.token_budget;
+            r.time_used_ms = s.time_used_ms;
+            r.time_budget_ms = s.time_budget_ms;
+            r.depth = s.depth;
+            r.max_depth = s.max_depth;
+            r.extension_count = s.extension_count;
+            r.snapshot_count = s.snapshot_count;
+            r.has_vm = s.extras && s.extras->has_vm;
+        }
+        return RLM_OK;
+    }
 
     /* Fill an unused table from checked rows (distinct ids and VMs): all
      * or nothing. */

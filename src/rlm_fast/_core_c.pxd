@@ -59,6 +59,12 @@ cdef extern from "_core_c.h" nogil:
         uint64_t max_depth
         uint64_t max_snapshots
 
+    ctypedef struct BudgetRow:
+        pass
+
+    SidKey rlm_key_from_bytes(const unsigned char *)
+    void rlm_sort_rows(vector[BudgetRow] &)
+
     ctypedef struct Stats:
         uint64_t created
         uint64_t active
@@ -108,6 +114,8 @@ cdef extern from "_core_c.h" nogil:
         Stats stats()
         int list(vector[SessionCopy] *)
         cbool contains(SidKey)
+        void validity(const vector[SidKey] &, const vector[char] &, int64_t, char *)
+        int budget_rows(vector[BudgetRow] *)
         int restore(const vector[SessionCopy] &, uint64_t, uint64_t, uint64_t)
 
     enum RlmStatus:

@@ -26,7 +26,11 @@ from ._types import (
     SessionInfo,
     SessionState,
     SessionStats,
+    STATE_CODE,
+    budget_table_dtype,
     check_clock_value,
+    numpy,
+    raw_ids,
     check_restore,
     foreign_session_id,
     check_str,
@@ -410,13 +414,7 @@ class SessionManager:
             return False
         now = self._now()
         with self._lock:
-            session = self._sessions.get(key)
-            return (
-                session is not None
-                and session.state is not SessionState.TERMINATED
-                and session.state is not SessionState.EXPIRED
-                and now <= session.expires_ns
-            )
+            return self._usable(key, now)
 
     def validate_session(self, session_id: SessionId | str) -> SessionInfo:
         key = _key(session_id)
@@ -672,6 +670,61 @@ class SessionManager:
         with self._lock:
             return [self._sessions[k].info() for k in sorted(self._sessions)]
 
+    # -- bulk API (numpy) ---------------------------------------------------------
+
+    def validate_many(self, ids: Any) -> Any:
+        """`is_session_valid` for many ids at one instant: a numpy bool array.
+
+        `ids` is an iterable of SessionId/str, or a numpy array of 16-byte
+        ids such as `budget_table()["id"]`."""
+        np = numpy()
+        packed = raw_ids(ids)
+        keys: list[int | None] = []
+        if packed is not None:
+            keys = [int.from_bytes(packed[i : i + 16], "big") for i in range(0, len(packed), 16)]
+        else:
+            for sid in ids:
+                try:
+                    keys.append(_key(sid))
+                except InvalidSessionToken:
+                    keys.append(None)  # malformed: not valid
+        now = self._now()
+        with self._lock:
+            valid = [k is not None and self._usable(k, now) for k in keys]
+        return np.array(valid, dtype=bool)
+
+    def _usable(self, key: int, now: int) -> bool:
+        session = self._sessions.get(key)
+        return (
+            session is not None
+            and session.state is not SessionState.TERMINATED
+            and session.state is not SessionState.EXPIRED
+            and now <= session.expires_ns
+        )
+
+    def budget_table(self) -> Any:
+        """One numpy row per session, in id order (fields: BUDGET_TABLE_FIELDS)."""
+        dtype = budget_table_dtype()
+        with self._lock:
+            rows = [
+                (
+                    s.key.to_bytes(16, "big"),
+                    STATE_CODE[s.state],
+                    s.expires_ns,
+                    s.tokens_used,
+                    s.token_budget,
+                    s.time_used_ms,
+                    s.time_budget_ms,
+                    s.depth,
+                    s.max_depth,
+                    s.extension_count,
+                    s.snapshot_count,
+                    s.vm is not None,
+                )
+                for s in (self._sessions[k] for k in sorted(self._sessions))
+            ]
+        return numpy().array(rows, dtype=dtype)
+
     def _export(self) -> tuple[list[SessionInfo], SessionStats]:
         """Every session and the counters, read in one atomic step (dump)."""
         with self._lock:
@@ -713,6 +766,27 @@ class SessionManager:
                 if session.vm is not None:
                     self._vm_to_session[session.vm] = session.key
             self._created, self._destroyed, self._expired = counters
+
+    def dump(self, path: str | os.PathLike[str]) -> None:
+        """Write every session and the counters to `path`, atomically
+        (docs/dump-format.md)."""
+        from ._serde import dump
+
+        dump(self, path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        config: RlmConfig | None = None,
+        *,
+        clock: Callable[[], int] | None = None,
+    ) -> "SessionManager":
+        """A new manager holding what `dump` wrote, with the dumped config
+        unless `config` is given; a bad file raises Serialization."""
+        from ._serde import load
+
+        return load(cls, path, config, clock=clock)
 
     def __len__(self) -> int:
         with self._lock:

@@ -132,6 +132,55 @@ def check_restore(infos: object, counters: object) -> list["SessionInfo"]:
     return rows
 
 
+# --------------------------------------------------------------------------
+# the bulk API's numpy side (numpy is optional: only these need it)
+# --------------------------------------------------------------------------
+
+# One row of `budget_table()`; the compiled core writes the same packed
+# layout (BudgetRow in _core_c.h). `state` is the index in STATES.
+BUDGET_TABLE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("id", "V16"),  # SessionId.bytes, big-endian (V: numpy strips trailing NULs of S)
+    ("state", "u1"),
+    ("expires_at_ns", "i8"),
+    ("tokens_used", "u8"),
+    ("token_budget", "u8"),
+    ("time_used_ms", "u8"),
+    ("time_budget_ms", "u8"),
+    ("recursion_depth", "u8"),
+    ("max_recursion_depth", "u8"),
+    ("extension_count", "u8"),
+    ("snapshot_count", "u8"),
+    ("has_vm", "?"),
+)
+
+
+def numpy() -> Any:
+    """numpy, or an ImportError that says only the bulk API needs it."""
+    try:
+        import numpy as np
+    except ImportError as exc:
+        raise ImportError(
+            "the bulk API (validate_many, budget_table) needs numpy: "
+            "pip install 'rlm_fast[numpy]'"
+        ) from exc
+    return np
+
+
+def budget_table_dtype() -> Any:
+    return numpy().dtype(list(BUDGET_TABLE_FIELDS))
+
+
+def raw_ids(ids: object) -> bytes | None:
+    """16-byte ids packed in a numpy array (e.g. budget_table()["id"]), as
+    one bytes object; None for any other kind of sequence."""
+    np = __import__("sys").modules.get("numpy")
+    if np is None or not isinstance(ids, np.ndarray):
+        return None
+    if ids.dtype.kind not in "SV" or ids.dtype.itemsize != 16 or ids.ndim != 1:
+        raise TypeError("an array of ids must be one-dimensional with 16-byte items")
+    return bytes(np.ascontiguousarray(ids).tobytes())
+
+
 def ns_to_datetime(ns: int) -> _dt.datetime:
     """Aware UTC datetime, nanoseconds truncated (floored) to microseconds."""
     return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
@@ -296,6 +345,29 @@ class BudgetStatus:
 
     def time_remaining_ms(self) -> int:
         return max(0, self.time_budget_ms - self.time_used_ms)
+
+    # JSON (SPEC 8): the crate's serde form; the code lives in _serde.
+    def to_dict(self) -> dict[str, Any]:
+        from ._serde import budget_to_dict
+
+        return budget_to_dict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        from ._serde import budget_to_dict, to_json
+
+        return to_json(budget_to_dict(self), indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BudgetStatus":
+        from ._serde import budget_from_dict
+
+        return budget_from_dict(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "BudgetStatus":
+        from ._serde import budget_from_dict, from_json
+
+        return from_json(text, budget_from_dict)
 
 
 BudgetStatus.__module__ = "rlm_fast"
@@ -472,6 +544,29 @@ class SessionInfo:
     def can_extend(self, max_extensions: int) -> bool:
         return self.extension_count < check_u64(max_extensions, "max_extensions")
 
+    # JSON (SPEC 8): the crate's serde form; the code lives in _serde.
+    def to_dict(self) -> dict[str, Any]:
+        from ._serde import info_to_dict
+
+        return info_to_dict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        from ._serde import info_to_json
+
+        return info_to_json(self, indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SessionInfo":
+        from ._serde import info_from_dict
+
+        return info_from_dict(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "SessionInfo":
+        from ._serde import from_json, info_from_dict
+
+        return from_json(text, info_from_dict)
+
     def _astuple(self) -> tuple[Any, ...]:
         return (
             self.id,
@@ -580,6 +675,29 @@ class SessionStats:
     def __repr__(self) -> str:
         inner = ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
         return f"SessionStats({inner})"
+
+    # JSON: the crate's three fields, then rlm_fast's two; code in _serde.
+    def to_dict(self) -> dict[str, Any]:
+        from ._serde import stats_to_dict
+
+        return stats_to_dict(self)
+
+    def to_json(self, indent: int | None = None) -> str:
+        from ._serde import stats_to_dict, to_json
+
+        return to_json(stats_to_dict(self), indent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SessionStats":
+        from ._serde import stats_from_dict
+
+        return stats_from_dict(data)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "SessionStats":
+        from ._serde import from_json, stats_from_dict
+
+        return from_json(text, stats_from_dict)
 
 
 SessionStats.__module__ = "rlm_fast"

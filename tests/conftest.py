@@ -20,22 +20,20 @@ except ImportError as exc:  # not built
 else:
     _C_MISSING = ""
 
-PY = types.SimpleNamespace(
-    name="python",
-    SessionId=_core_py.SessionId,
-    SessionManager=_core_py.SessionManager,
-    BudgetTracker=_budget_py.BudgetTracker,
-)
-C = (
-    None
-    if _core_c is None
-    else types.SimpleNamespace(
-        name="cython",
-        SessionId=_core_c.SessionId,
-        SessionManager=_core_c.SessionManager,
-        BudgetTracker=_budget_c.BudgetTracker,
+def _namespace(name: str, core: types.ModuleType, budget: types.ModuleType) -> types.SimpleNamespace:
+    return types.SimpleNamespace(
+        name=name,
+        SessionId=core.SessionId,
+        SessionManager=core.SessionManager,
+        SessionInfo=core.SessionInfo,
+        BudgetStatus=core.BudgetStatus,
+        SessionStats=core.SessionStats,
+        BudgetTracker=budget.BudgetTracker,
     )
-)
+
+
+PY = _namespace("python", _core_py, _budget_py)
+C = None if _core_c is None else _namespace("cython", _core_c, _budget_c)
 
 CORE_PARAMS = [
     pytest.param(PY, id="python"),
@@ -45,7 +43,8 @@ CORE_PARAMS = [
 
 @pytest.fixture(params=CORE_PARAMS)
 def core(request: pytest.FixtureRequest) -> types.SimpleNamespace:
-    """The implementation under test: .name, .SessionId, .SessionManager, .BudgetTracker."""
+    """The implementation under test: .name, .SessionId, .SessionManager,
+    .SessionInfo, .BudgetStatus, .SessionStats, .BudgetTracker."""
     return request.param
 
 

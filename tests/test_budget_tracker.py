@@ -633,11 +633,11 @@ def test_status_is_a_budget_status(tracker, clock) -> None:
     )
 
 
-def test_check_all_returns_the_status_it_checked(tracker, clock) -> None:
+def test_check_all_returns_the_status_it_checked(core, tracker, clock) -> None:
     tracker.add_tokens(1)
     clock.advance(seconds=1)
     status = tracker.check_all()
-    assert isinstance(status, BudgetStatus)
+    assert isinstance(status, core.BudgetStatus)
     assert (status.tokens_used, status.time_used_ms) == (1, 1000)
 
 

@@ -703,7 +703,7 @@ def test_session_info_datetimes(core, clock, make_manager) -> None:
     m = make_manager(session_duration_secs=3600)
     clock.now = 1_767_225_600 * NS + 123_456_789  # 2026-01-01T00:00:00.123456789Z
     info = m.create_session()
-    assert isinstance(info, SessionInfo)
+    assert isinstance(info, core.SessionInfo)
     assert info.created_at_ns == clock.now
     assert info.expires_at_ns == clock.now + 3600 * NS
     for value in (info.created_at, info.expires_at):
@@ -720,7 +720,7 @@ def test_session_info_datetimes(core, clock, make_manager) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_get_stats_fields(clock, make_manager) -> None:
+def test_get_stats_fields(core, clock, make_manager) -> None:
     m = make_manager(session_duration_secs=60)
     assert m.get_stats() == SessionStats(0, 0, 0, 0, 0)
     a, b, c, d = (m.create_session().id for _ in range(4))
@@ -728,7 +728,7 @@ def test_get_stats_fields(clock, make_manager) -> None:
     m.assign_vm(b, "vm-b")
     m.destroy_session(c)
     stats = m.get_stats()
-    assert isinstance(stats, SessionStats)
+    assert isinstance(stats, core.SessionStats)
     assert stats.total_sessions_created == 4
     assert stats.active_sessions == 3
     assert stats.sessions_with_vm == 2

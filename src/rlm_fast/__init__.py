@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import _selector
-from ._types import BudgetStatus, SessionInfo, SessionState, SessionStats
+from ._types import SessionState
 from .config import (
     DEFAULT_MAX_RECURSION_DEPTH,
     DEFAULT_MAX_SNAPSHOTS_PER_SESSION,
@@ -31,12 +31,18 @@ if TYPE_CHECKING:
     # Type checkers see the twin: it is the specification (STYLE habit 2).
     from ._budget_py import BudgetTracker
     from ._core_py import SessionId, SessionManager
+    from ._types import BudgetStatus, SessionInfo, SessionStats
 
     IMPLEMENTATION: str
 else:
     _session_core, _budget_core, IMPLEMENTATION = _selector.load()
     SessionId = _session_core.SessionId
     SessionManager = _session_core.SessionManager
+    # Each core has its own result classes (the compiled ones are C-backed);
+    # they compare equal to each other and pickle through _restore_result.
+    SessionInfo = _session_core.SessionInfo
+    BudgetStatus = _session_core.BudgetStatus
+    SessionStats = _session_core.SessionStats
     BudgetTracker = _budget_core.BudgetTracker
     del _session_core, _budget_core
 
@@ -53,6 +59,12 @@ def _restore_session_id(raw: bytes) -> "SessionId":
     # Pickles of either core's SessionId name this function, so a pickle
     # made with one core loads with the other.
     return SessionId.from_bytes(raw)
+
+
+def _restore_result(kind: str, fields: tuple) -> object:  # type: ignore[type-arg]
+    # Pickles of either core's SessionInfo/BudgetStatus/SessionStats name
+    # this function: they load as the active core's class.
+    return globals()[kind](*fields)
 
 
 __all__ = [

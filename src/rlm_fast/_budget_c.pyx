@@ -13,13 +13,13 @@ from cpython.time cimport monotonic_ns
 from libc.stdint cimport int64_t, uint64_t, UINT64_MAX
 from libcpp.atomic cimport atomic
 
-from ._types import BudgetStatus, check_clock_value, check_u64
+from ._core_c import BudgetStatus  # the compiled core's C-backed class
+from ._types import MSG_TOKENS_OVERFLOW, check_clock_value, check_u64, result_kind
 from .config import RlmConfig
 from .errors import RecursionDepthExceeded, TimeBudgetExceeded, TokenBudgetExceeded
 
 __all__ = ["BudgetTracker"]
 
-MSG_TOKENS_OVERFLOW = "charge would take tokens_used past 2**64-1"
 MSG_DEPTH_OVERFLOW = "child recursion depth would pass 2**64-1"
 MSG_NO_PICKLE = (
     "cannot pickle 'BudgetTracker' object: use status() and "
@@ -114,7 +114,7 @@ cdef class BudgetTracker:
     def from_status(cls, status, *, clock=None):
         """A tracker that resumes from `status`: its budgets, its counts, and
         its `time_used_ms` as time already spent (the clock runs on from it)."""
-        if not isinstance(status, BudgetStatus):
+        if result_kind(status) != "BudgetStatus":
             raise TypeError(f"status must be a BudgetStatus, not {type(status).__name__}")
         cdef uint64_t token_budget = check_u64(status.token_budget, "token_budget")
         cdef uint64_t tokens_used = check_u64(status.tokens_used, "tokens_used")

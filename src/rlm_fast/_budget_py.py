@@ -12,13 +12,19 @@ import threading
 import time
 from typing import Callable, NoReturn
 
-from ._types import U64_MAX, BudgetStatus, check_clock_value, check_u64
+from ._types import (
+    MSG_TOKENS_OVERFLOW,
+    U64_MAX,
+    BudgetStatus,
+    check_clock_value,
+    check_u64,
+    result_kind,
+)
 from .config import RlmConfig
 from .errors import RecursionDepthExceeded, TimeBudgetExceeded, TokenBudgetExceeded
 
 __all__ = ["BudgetTracker"]
 
-MSG_TOKENS_OVERFLOW = "charge would take tokens_used past 2**64-1"
 MSG_DEPTH_OVERFLOW = "child recursion depth would pass 2**64-1"
 MSG_NO_PICKLE = (
     "cannot pickle 'BudgetTracker' object: use status() and "
@@ -120,7 +126,7 @@ class BudgetTracker:
     def from_status(cls, status: BudgetStatus, *, clock: Clock | None = None) -> "BudgetTracker":
         """A tracker that resumes from `status`: its budgets, its counts, and
         its `time_used_ms` as time already spent (the clock runs on from it)."""
-        if not isinstance(status, BudgetStatus):
+        if result_kind(status) != "BudgetStatus":
             raise TypeError(f"status must be a BudgetStatus, not {type(status).__name__}")
         values = (
             check_u64(status.token_budget, "token_budget"),

@@ -303,6 +303,11 @@ struct SessionCopy {
     std::vector<std::pair<std::string, std::string>> context;
 };
 
+/* Hand a copy over to a result object without copying its strings. */
+static inline void rlm_move_copy(SessionCopy &dst, SessionCopy &src) {
+    dst = std::move(src);
+}
+
 struct Config {
     int64_t duration_ns;
     int64_t increment_ns;

@@ -50,6 +50,8 @@ cdef extern from "_core_c.h" nogil:
         string snapshot
         vector[pair[string, string]] context
 
+    void rlm_move_copy(SessionCopy &, SessionCopy &)
+
     ctypedef struct Config:
         int64_t duration_ns
         int64_t increment_ns

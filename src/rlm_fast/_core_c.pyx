@@ -19,6 +19,8 @@ from libcpp.pair cimport pair
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
+from types import MappingProxyType
+
 from ._types import (
     MSG_CREATE_OVERFLOW,
     MSG_EXTEND_OVERFLOW,
@@ -26,21 +28,32 @@ from ._types import (
     MSG_TOKENS_OVERFLOW,
     STATE_CODE,
     STATES,
-    BudgetStatus,
-    SessionInfo,
-    SessionStats,
-    BUDGET_TABLE_FIELDS,
+    budget_replace,
+    budget_repr,
     budget_table_dtype,
     check_clock_value,
-    numpy,
-    raw_ids,
     check_restore,
-    foreign_session_id,
     check_str,
     check_u64,
     coerce_state,
+    foreign_session_id,
+    info_hash,
+    info_repr,
     ns_to_datetime,
+    numpy,
+    raw_ids,
+    reduce_result,
+    result_kind,
     session_id_type_error,
+    stats_repr,
+)
+from ._types import BudgetStatus as _PyBudgetStatus
+from ._types import SessionInfo as _PySessionInfo
+from ._types import SessionStats as _PySessionStats
+from .config import (
+    DEFAULT_MAX_RECURSION_DEPTH,
+    DEFAULT_TIME_BUDGET_MS,
+    DEFAULT_TOKEN_BUDGET,
 )
 from .config import RlmConfig
 from .errors import (
@@ -75,8 +88,6 @@ cdef extern from "Python.h":
 if rlm_random_init() != 0:
     raise ImportError("rlm_fast: could not register the fork handler")
 
-cdef object _make_info = SessionInfo._trusted
-cdef object _make_budget = BudgetStatus._trusted
 cdef tuple _STATES = STATES
 cdef object _TERMINATED_NAME = "Terminated"
 cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFF
@@ -172,6 +183,10 @@ cdef class SessionId:
 
     def __richcmp__(self, other, int op):
         if not isinstance(other, SessionId):
+            if op == 2 or op == 3:  # the other core's id: same value?
+                value = foreign_session_id(other)
+                if value is not None:
+                    return (int(self) == value) == (op == 2)
             return NotImplemented
         cdef SessionId o = <SessionId>other
         cdef int c
@@ -282,31 +297,12 @@ cdef inline str _text(const string &s):
     return PyUnicode_DecodeUTF8(s.data(), s.size(), NULL)
 
 
-cdef object _info(SessionCopy *c):
-    cdef dict context = {}
-    cdef size_t i
-    for i in range(c.context.size()):
-        context[_text(c.context[i].first)] = _text(c.context[i].second)
-    return _make_info(
-        _sid(c.key),
-        _STATES[c.s.state],
-        c.s.created_ns,
-        c.s.expires_ns,
-        c.s.extension_count,
-        c.s.depth,
-        _make_budget(
-            c.s.token_budget,
-            c.s.tokens_used,
-            c.s.time_budget_ms,
-            c.s.time_used_ms,
-            c.s.max_depth,
-            c.s.depth,
-        ),
-        _text(c.vm) if c.has_vm else None,
-        context,
-        _text(c.snapshot) if c.has_snapshot else None,
-        c.s.snapshot_count,
-    )
+cdef SessionInfo _info(SessionCopy *c):
+    """A SessionInfo that takes over the C copy `c` (left empty)."""
+    cdef SessionInfo info = SessionInfo.__new__(SessionInfo)
+    rlm_move_copy(info.c, c[0])
+    info._frozen = True
+    return info
 
 
 cdef inline void _acquire(Table *t) noexcept:
@@ -328,6 +324,350 @@ cdef int _fail(int status, SidKey key, str operation) except -1:
     if status == RLM_NOMEM:
         raise MemoryError()
     raise AssertionError(f"rlm_fast: unexpected status {status} in {operation}")
+
+
+# ---------------------------------------------------------------------------
+# result types: the compiled twins of _types.BudgetStatus / SessionInfo /
+# SessionStats, C-backed so a result costs one allocation. Same behaviour:
+# checks, repr, equality (with either core's objects) and pickles are shared
+# with the Python classes through the helpers in _types.
+# ---------------------------------------------------------------------------
+
+@cython.final
+@cython.freelist(16)
+cdef class BudgetStatus:
+    """Immutable record of a session's budgets (the crate's `BudgetStatus`)."""
+
+    cdef readonly uint64_t token_budget
+    cdef readonly uint64_t tokens_used
+    cdef readonly uint64_t time_budget_ms
+    cdef readonly uint64_t time_used_ms
+    cdef readonly uint64_t max_recursion_depth
+    cdef readonly uint64_t current_recursion_depth
+    cdef bint _frozen
+
+    def __init__(self, token_budget=DEFAULT_TOKEN_BUDGET, tokens_used=0,
+                 time_budget_ms=DEFAULT_TIME_BUDGET_MS, time_used_ms=0,
+                 max_recursion_depth=DEFAULT_MAX_RECURSION_DEPTH,
+                 current_recursion_depth=0):
+        if self._frozen:
+            raise AttributeError("BudgetStatus is immutable")
+        self.token_budget = check_u64(token_budget, "token_budget")
+        self.tokens_used = check_u64(tokens_used, "tokens_used")
+        self.time_budget_ms = check_u64(time_budget_ms, "time_budget_ms")
+        self.time_used_ms = check_u64(time_used_ms, "time_used_ms")
+        self.max_recursion_depth = check_u64(max_recursion_depth, "max_recursion_depth")
+        self.current_recursion_depth = check_u64(current_recursion_depth, "current_recursion_depth")
+        self._frozen = True
+
+    @classmethod
+    def _trusted(cls, token_budget, tokens_used, time_budget_ms, time_used_ms,
+                 max_recursion_depth, current_recursion_depth):
+        return _budget(token_budget, tokens_used, time_budget_ms, time_used_ms,
+                       max_recursion_depth, current_recursion_depth)
+
+    def _astuple(self):
+        return (self.token_budget, self.tokens_used, self.time_budget_ms,
+                self.time_used_ms, self.max_recursion_depth, self.current_recursion_depth)
+
+    def __eq__(self, other):
+        if result_kind(other) != "BudgetStatus":
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self):
+        return hash(self._astuple())
+
+    def __repr__(self):
+        return budget_repr(self)
+
+    def __reduce__(self):
+        return reduce_result(self, "BudgetStatus")
+
+    def replace(self, **changes):
+        """A copy with some fields changed (like `dataclasses.replace`)."""
+        return budget_replace(self, **changes)
+
+    def tokens_exhausted(self):
+        return self.tokens_used >= self.token_budget
+
+    def time_exhausted(self):
+        return self.time_used_ms >= self.time_budget_ms
+
+    def depth_exhausted(self):
+        return self.current_recursion_depth > self.max_recursion_depth
+
+    def is_exhausted(self):
+        return (self.tokens_used >= self.token_budget
+                or self.time_used_ms >= self.time_budget_ms
+                or self.current_recursion_depth > self.max_recursion_depth)
+
+    def tokens_remaining(self):
+        return self.token_budget - self.tokens_used if self.token_budget > self.tokens_used else 0
+
+    def time_remaining_ms(self):
+        return self.time_budget_ms - self.time_used_ms if self.time_budget_ms > self.time_used_ms else 0
+
+    def to_dict(self):
+        return _PyBudgetStatus.to_dict(self)
+
+    def to_json(self, indent=None):
+        return _PyBudgetStatus.to_json(self, indent)
+
+    @classmethod
+    def from_dict(cls, data):
+        return _budget_of(_PyBudgetStatus.from_dict(data))
+
+    @classmethod
+    def from_json(cls, text):
+        return _budget_of(_PyBudgetStatus.from_json(text))
+
+
+cdef inline BudgetStatus _budget(uint64_t token_budget, uint64_t tokens_used,
+                                 uint64_t time_budget_ms, uint64_t time_used_ms,
+                                 uint64_t max_depth, uint64_t depth):
+    cdef BudgetStatus b = BudgetStatus.__new__(BudgetStatus)
+    b.token_budget = token_budget
+    b.tokens_used = tokens_used
+    b.time_budget_ms = time_budget_ms
+    b.time_used_ms = time_used_ms
+    b.max_recursion_depth = max_depth
+    b.current_recursion_depth = depth
+    b._frozen = True
+    return b
+
+
+cdef BudgetStatus _budget_of(object other):
+    """Either core's BudgetStatus as this core's."""
+    if type(other) is BudgetStatus:
+        return <BudgetStatus>other
+    t = other._astuple()
+    return _budget(t[0], t[1], t[2], t[3], t[4], t[5])
+
+
+@cython.final
+cdef class SessionInfo:
+    """Immutable snapshot of one session (the crate's `SessionInfo`).
+
+    Holds a plain C copy of the row; attributes become Python objects when
+    read. `created_at`/`expires_at` are aware UTC datetimes (microseconds);
+    the exact values are `created_at_ns`/`expires_at_ns`."""
+
+    cdef SessionCopy c
+    cdef bint _frozen
+
+    def __init__(self, *args, **kwargs):
+        if self._frozen:
+            raise AttributeError("SessionInfo is immutable")
+        # The twin's constructor is the one definition of the checks.
+        _fill_info(self, _PySessionInfo(*args, **kwargs)._astuple())
+
+    @classmethod
+    def _trusted(cls, *fields):
+        cdef SessionInfo info = SessionInfo.__new__(SessionInfo)
+        _fill_info(info, fields)
+        return info
+
+    @property
+    def id(self):
+        return _sid(self.c.key)
+
+    @property
+    def state(self):
+        return _STATES[self.c.s.state]
+
+    @property
+    def created_at_ns(self):
+        return self.c.s.created_ns
+
+    @property
+    def expires_at_ns(self):
+        return self.c.s.expires_ns
+
+    @property
+    def created_at(self):
+        return ns_to_datetime(self.c.s.created_ns)
+
+    @property
+    def expires_at(self):
+        return ns_to_datetime(self.c.s.expires_ns)
+
+    @property
+    def extension_count(self):
+        return self.c.s.extension_count
+
+    @property
+    def recursion_depth(self):
+        return self.c.s.depth
+
+    @property
+    def budget_status(self):
+        return _budget(self.c.s.token_budget, self.c.s.tokens_used, self.c.s.time_budget_ms,
+                       self.c.s.time_used_ms, self.c.s.max_depth, self.c.s.depth)
+
+    @property
+    def vm_instance_id(self):
+        return _text(self.c.vm) if self.c.has_vm else None
+
+    @property
+    def context_variables(self):
+        """Read-only view of the context variables, sorted by key."""
+        return MappingProxyType(self._context)
+
+    @property
+    def _context(self):
+        cdef dict out = {}
+        cdef size_t i
+        for i in range(self.c.context.size()):
+            out[_text(self.c.context[i].first)] = _text(self.c.context[i].second)
+        return out
+
+    @property
+    def current_snapshot_id(self):
+        return _text(self.c.snapshot) if self.c.has_snapshot else None
+
+    @property
+    def snapshot_count(self):
+        return self.c.s.snapshot_count
+
+    def is_expired(self, now_ns=None):
+        """Expired when now > expires_at (real clock unless `now_ns` given)."""
+        return _PySessionInfo.is_expired(self, now_ns)
+
+    def can_extend(self, max_extensions):
+        return self.c.s.extension_count < <uint64_t>check_u64(max_extensions, "max_extensions")
+
+    def _astuple(self):
+        return (self.id, self.state, self.created_at_ns, self.expires_at_ns,
+                self.extension_count, self.recursion_depth, self.budget_status,
+                self.vm_instance_id, self._context, self.current_snapshot_id,
+                self.snapshot_count)
+
+    def __eq__(self, other):
+        if result_kind(other) != "SessionInfo":
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self):
+        return info_hash(self)
+
+    def __repr__(self):
+        return info_repr(self)
+
+    def __reduce__(self):
+        return reduce_result(self, "SessionInfo")
+
+    def to_dict(self):
+        return _PySessionInfo.to_dict(self)
+
+    def to_json(self, indent=None):
+        return _PySessionInfo.to_json(self, indent)
+
+    @classmethod
+    def from_dict(cls, data):
+        return SessionInfo._trusted(*_PySessionInfo.from_dict(data)._astuple())
+
+    @classmethod
+    def from_json(cls, text):
+        return SessionInfo._trusted(*_PySessionInfo.from_json(text)._astuple())
+
+
+cdef int _fill_info(SessionInfo info, tuple f) except -1:
+    """Fill from checked values (SessionInfo._astuple() order)."""
+    cdef SessionCopy *c = &info.c
+    _key(f[0], &c.key)
+    c.s.state = STATE_CODE[f[1]]
+    c.s.created_ns = f[2]
+    c.s.expires_ns = f[3]
+    c.s.extension_count = f[4]
+    c.s.depth = f[5]
+    budget = f[6]
+    c.s.token_budget = budget.token_budget
+    c.s.tokens_used = budget.tokens_used
+    c.s.time_budget_ms = budget.time_budget_ms
+    c.s.time_used_ms = budget.time_used_ms
+    c.s.max_depth = budget.max_recursion_depth
+    c.has_vm = f[7] is not None
+    if c.has_vm:
+        _utf8(f[7], "vm_instance_id", False, &c.vm)
+    c.context.clear()
+    for name, value in sorted(f[8].items()):
+        c.context.push_back(pair[string, string](name.encode("utf-8"), value.encode("utf-8")))
+    c.has_snapshot = f[9] is not None
+    if c.has_snapshot:
+        _utf8(f[9], "current_snapshot_id", False, &c.snapshot)
+    c.s.snapshot_count = f[10]
+    info._frozen = True
+    return 0
+
+
+@cython.final
+cdef class SessionStats:
+    """Counters of a manager (the crate's `SessionStats`, plus two).
+
+    At rest: `total_sessions_created == total_sessions_destroyed +
+    total_sessions_expired + active_sessions`."""
+
+    cdef readonly uint64_t total_sessions_created
+    cdef readonly uint64_t active_sessions
+    cdef readonly uint64_t sessions_with_vm
+    cdef readonly uint64_t total_sessions_destroyed
+    cdef readonly uint64_t total_sessions_expired
+    cdef bint _frozen
+
+    def __init__(self, total_sessions_created=0, active_sessions=0, sessions_with_vm=0,
+                 total_sessions_destroyed=0, total_sessions_expired=0):
+        if self._frozen:
+            raise AttributeError("SessionStats is immutable")
+        self.total_sessions_created = check_u64(total_sessions_created, "total_sessions_created")
+        self.active_sessions = check_u64(active_sessions, "active_sessions")
+        self.sessions_with_vm = check_u64(sessions_with_vm, "sessions_with_vm")
+        self.total_sessions_destroyed = check_u64(total_sessions_destroyed, "total_sessions_destroyed")
+        self.total_sessions_expired = check_u64(total_sessions_expired, "total_sessions_expired")
+        self._frozen = True
+
+    def _astuple(self):
+        return (self.total_sessions_created, self.active_sessions, self.sessions_with_vm,
+                self.total_sessions_destroyed, self.total_sessions_expired)
+
+    def __eq__(self, other):
+        if result_kind(other) != "SessionStats":
+            return NotImplemented
+        return self._astuple() == other._astuple()
+
+    def __hash__(self):
+        return hash(self._astuple())
+
+    def __repr__(self):
+        return stats_repr(self)
+
+    def __reduce__(self):
+        return reduce_result(self, "SessionStats")
+
+    def to_dict(self):
+        return _PySessionStats.to_dict(self)
+
+    def to_json(self, indent=None):
+        return _PySessionStats.to_json(self, indent)
+
+    @classmethod
+    def from_dict(cls, data):
+        return SessionStats(*_PySessionStats.from_dict(data)._astuple())
+
+    @classmethod
+    def from_json(cls, text):
+        return SessionStats(*_PySessionStats.from_json(text)._astuple())
+
+
+cdef SessionStats _stats(Stats s):
+    cdef SessionStats out = SessionStats.__new__(SessionStats)
+    out.total_sessions_created = s.created
+    out.active_sessions = s.active
+    out.sessions_with_vm = s.with_vm
+    out.total_sessions_destroyed = s.destroyed
+    out.total_sessions_expired = s.expired
+    out._frozen = True
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -639,7 +979,7 @@ cdef class SessionManager:
         cdef SidKey k
         cdef int st
         _key(session_id, &k)
-        if not isinstance(budget, BudgetStatus):
+        if result_kind(budget) != "BudgetStatus":
             raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
         cdef uint64_t tb = _u64(budget.token_budget, "token_budget")
         cdef uint64_t tu = _u64(budget.tokens_used, "tokens_used")
@@ -745,10 +1085,8 @@ cdef class SessionManager:
             raise TimeBudgetExceeded(s.time_used_ms, s.time_budget_ms)
         if s.depth > s.max_depth:
             raise RecursionDepthExceeded(s.depth, s.max_depth)
-        return _make_budget(
-            s.token_budget, s.tokens_used, s.time_budget_ms, s.time_used_ms,
-            s.max_depth, s.depth,
-        )
+        return _budget(s.token_budget, s.tokens_used, s.time_budget_ms, s.time_used_ms,
+                       s.max_depth, s.depth)
 
     # -- snapshots ------------------------------------------------------------------
 
@@ -814,7 +1152,7 @@ cdef class SessionManager:
         _acquire(self._t)
         s = self._t.stats()
         self._t.mu.unlock()
-        return SessionStats(s.created, s.active, s.with_vm, s.destroyed, s.expired)
+        return _stats(s)
 
     def list_sessions(self):
         cdef vector[SessionCopy] rows
@@ -898,38 +1236,17 @@ cdef class SessionManager:
         if st != RLM_OK:
             raise MemoryError()
         infos = [_info(&rows[i]) for i in range(rows.size())]
-        return infos, SessionStats(s.created, s.active, s.with_vm, s.destroyed, s.expired)
+        return infos, _stats(s)
 
     def _restore(self, infos, counters):
         """Fill an empty manager from `_export`'s rows (load): all or nothing."""
         checked = check_restore(infos, counters)
         cdef vector[SessionCopy] rows
-        cdef SessionCopy *c
+        cdef SessionInfo info
         cdef int st
-        rows.resize(len(checked))
-        for i, info in enumerate(checked):
-            c = &rows[i]
-            _parse_str(str(info.id), &c.key)
-            budget = info.budget_status
-            c.s.created_ns = info.created_at_ns
-            c.s.expires_ns = info.expires_at_ns
-            c.s.state = STATE_CODE[info.state]
-            c.s.extension_count = info.extension_count
-            c.s.depth = info.recursion_depth
-            c.s.token_budget = budget.token_budget
-            c.s.tokens_used = budget.tokens_used
-            c.s.time_budget_ms = budget.time_budget_ms
-            c.s.time_used_ms = budget.time_used_ms
-            c.s.max_depth = budget.max_recursion_depth
-            c.s.snapshot_count = info.snapshot_count
-            c.has_vm = info.vm_instance_id is not None
-            if c.has_vm:
-                _utf8(info.vm_instance_id, "vm_instance_id", True, &c.vm)
-            c.has_snapshot = info.current_snapshot_id is not None
-            if c.has_snapshot:
-                _utf8(info.current_snapshot_id, "current_snapshot_id", False, &c.snapshot)
-            for name, value in info.context_variables.items():
-                c.context.push_back(pair[string, string](name.encode("utf-8"), value.encode("utf-8")))
+        for row in checked:
+            info = row if type(row) is SessionInfo else SessionInfo._trusted(*row._astuple())
+            rows.push_back(info.c)
         cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
         _acquire(self._t)
         st = self._t.restore(rows, created, destroyed, expired)

@@ -33,6 +33,7 @@ from ._types import (
     raw_ids,
     check_restore,
     foreign_session_id,
+    result_kind,
     check_str,
     check_u64,
     coerce_state,
@@ -53,7 +54,8 @@ from .errors import (
     TokenBudgetExceeded,
 )
 
-__all__ = ["SessionId", "SessionManager"]
+# The twin's result classes are the ones _types defines.
+__all__ = ["SessionId", "SessionManager", "SessionInfo", "BudgetStatus", "SessionStats"]
 
 # ---------------------------------------------------------------------------
 # SessionId: a ULID (48-bit Unix ms + 80 random bits), Crockford base32
@@ -167,12 +169,12 @@ class SessionId:
     def __eq__(self, other: object) -> bool:
         if isinstance(other, SessionId):
             return self._value == other._value
-        return NotImplemented
+        value = foreign_session_id(other)  # the other core's id: same value?
+        return NotImplemented if value is None else self._value == value
 
     def __ne__(self, other: object) -> bool:
-        if isinstance(other, SessionId):
-            return self._value != other._value
-        return NotImplemented
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     def __lt__(self, other: "SessionId") -> bool:
         if isinstance(other, SessionId):
@@ -522,7 +524,7 @@ class SessionManager:
 
     def update_budget(self, session_id: SessionId | str, budget: BudgetStatus) -> None:
         key = _key(session_id)
-        if not isinstance(budget, BudgetStatus):
+        if result_kind(budget) != "BudgetStatus":
             raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
         now = self._now()
         with self._lock:

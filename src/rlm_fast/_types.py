@@ -53,6 +53,27 @@ def foreign_session_id(value: object) -> int | None:
     return None
 
 
+def result_kind(value: object) -> str | None:
+    """"SessionInfo", "BudgetStatus" or "SessionStats" for either core's
+    result class (the compiled core has its own, C-backed), else None."""
+    cls = type(value)
+    if cls.__module__ in ("rlm_fast", "rlm_fast._core_c") and cls.__name__ in (
+        "SessionInfo",
+        "BudgetStatus",
+        "SessionStats",
+    ):
+        return cls.__name__
+    return None
+
+
+def reduce_result(value: Any, kind: str) -> tuple[Any, ...]:
+    # Pickles name rlm_fast._restore_result, so one made with either core
+    # loads with the other.
+    import rlm_fast
+
+    return (rlm_fast._restore_result, (kind, value._astuple()))
+
+
 def session_id_type_error(value: object) -> TypeError:
     return TypeError(
         f"session id must be a SessionId or str, not {type(value).__name__}"
@@ -107,7 +128,7 @@ def check_restore(infos: object, counters: object) -> list["SessionInfo"]:
     ids: set[str] = set()
     vms: set[str] = set()
     for info in infos:
-        if not isinstance(info, SessionInfo):
+        if result_kind(info) != "SessionInfo":
             raise TypeError(f"a session row must be a SessionInfo, not {type(info).__name__}")
         sid = str(info.id)
         if sid in ids:
@@ -305,28 +326,22 @@ class BudgetStatus:
         return tuple(getattr(self, name) for name in _BUDGET_FIELDS)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BudgetStatus):
+        if result_kind(other) != "BudgetStatus":
             return NotImplemented
-        return self._astuple() == other._astuple()
+        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._astuple())
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)}" for n in _BUDGET_FIELDS)
-        return f"BudgetStatus({inner})"
+        return budget_repr(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BudgetStatus, self._astuple())
+        return reduce_result(self, "BudgetStatus")
 
     def replace(self, **changes: int) -> "BudgetStatus":
         """A copy with some fields changed (like `dataclasses.replace`)."""
-        values = {n: getattr(self, n) for n in _BUDGET_FIELDS}
-        unknown = set(changes) - set(values)
-        if unknown:
-            raise TypeError(f"unknown BudgetStatus field(s): {sorted(unknown)}")
-        values.update(changes)
-        return BudgetStatus(**values)
+        return budget_replace(self, **changes)
 
     def tokens_exhausted(self) -> bool:
         return self.tokens_used >= self.token_budget
@@ -371,6 +386,20 @@ class BudgetStatus:
 
 
 BudgetStatus.__module__ = "rlm_fast"
+
+
+def budget_repr(budget: Any) -> str:
+    inner = ", ".join(f"{n}={getattr(budget, n)}" for n in _BUDGET_FIELDS)
+    return f"BudgetStatus({inner})"
+
+
+def budget_replace(budget: Any, **changes: int) -> Any:
+    values = {n: getattr(budget, n) for n in _BUDGET_FIELDS}
+    unknown = set(changes) - set(values)
+    if unknown:
+        raise TypeError(f"unknown BudgetStatus field(s): {sorted(unknown)}")
+    values.update(changes)
+    return type(budget)(**values)
 
 
 # --------------------------------------------------------------------------
@@ -440,6 +469,10 @@ class SessionInfo:
         current_snapshot_id: str | None = None,
         snapshot_count: int = 0,
     ) -> None:
+        from ._core_py import _key
+        from ._core_py import SessionId as _SessionId
+
+        id = _SessionId._of(_key(id))  # a SessionId of either core, or its string
         state = coerce_state(state)
         for name, value in (("created_at_ns", created_at_ns), ("expires_at_ns", expires_at_ns)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -448,7 +481,7 @@ class SessionInfo:
                 raise ValueError(f"{name} must fit in a signed 64-bit int")
         if budget_status is None:
             budget_status = BudgetStatus()
-        elif not isinstance(budget_status, BudgetStatus):
+        elif result_kind(budget_status) != "BudgetStatus":
             raise TypeError("budget_status must be a BudgetStatus")
         depth = check_u64(recursion_depth, "recursion_depth")
         if depth != budget_status.current_recursion_depth:
@@ -583,33 +616,41 @@ class SessionInfo:
         )
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SessionInfo):
+        if result_kind(other) != "SessionInfo":
             return NotImplemented
-        return self._astuple() == other._astuple()
+        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
-        t = self._astuple()
-        return hash(t[:8] + (tuple(self._context.items()),) + t[9:])
+        return info_hash(self)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SessionInfo, self._astuple())
+        return reduce_result(self, "SessionInfo")
 
     def __repr__(self) -> str:
-        return (
-            f"SessionInfo(id={self.id!r}, state={self.state}, "
-            f"created_at={self.created_at.isoformat()}, "
-            f"expires_at={self.expires_at.isoformat()}, "
-            f"extension_count={self.extension_count}, "
-            f"recursion_depth={self.recursion_depth}, "
-            f"budget_status={self.budget_status!r}, "
-            f"vm_instance_id={self.vm_instance_id!r}, "
-            f"context_variables={self._context!r}, "
-            f"current_snapshot_id={self.current_snapshot_id!r}, "
-            f"snapshot_count={self.snapshot_count})"
-        )
+        return info_repr(self)
 
 
 SessionInfo.__module__ = "rlm_fast"
+
+
+def info_hash(info: Any) -> int:
+    t = info._astuple()
+    return hash(t[:8] + (tuple(t[8].items()),) + t[9:])
+
+
+def info_repr(info: Any) -> str:
+    return (
+        f"SessionInfo(id={info.id!r}, state={info.state}, "
+        f"created_at={info.created_at.isoformat()}, "
+        f"expires_at={info.expires_at.isoformat()}, "
+        f"extension_count={info.extension_count}, "
+        f"recursion_depth={info.recursion_depth}, "
+        f"budget_status={info.budget_status!r}, "
+        f"vm_instance_id={info.vm_instance_id!r}, "
+        f"context_variables={dict(info.context_variables)!r}, "
+        f"current_snapshot_id={info.current_snapshot_id!r}, "
+        f"snapshot_count={info.snapshot_count})"
+    )
 
 
 # --------------------------------------------------------------------------
@@ -662,19 +703,18 @@ class SessionStats:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
-        if not isinstance(other, SessionStats):
+        if result_kind(other) != "SessionStats":
             return NotImplemented
-        return self._astuple() == other._astuple()
+        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._astuple())
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (SessionStats, self._astuple())
+        return reduce_result(self, "SessionStats")
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{n}={getattr(self, n)}" for n in self.__slots__)
-        return f"SessionStats({inner})"
+        return stats_repr(self)
 
     # JSON: the crate's three fields, then rlm_fast's two; code in _serde.
     def to_dict(self) -> dict[str, Any]:
@@ -701,3 +741,10 @@ class SessionStats:
 
 
 SessionStats.__module__ = "rlm_fast"
+
+STATS_FIELDS = SessionStats.__slots__
+
+
+def stats_repr(stats: Any) -> str:
+    inner = ", ".join(f"{n}={getattr(stats, n)}" for n in STATS_FIELDS)
+    return f"SessionStats({inner})"

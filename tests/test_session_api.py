@@ -1026,3 +1026,42 @@ def test_the_other_cores_session_id_is_accepted(core, make_manager) -> None:
     assert m.is_session_valid(foreign) is True
     assert foreign in m
     assert other.SessionId.from_int(int(sid) ^ 1) not in m
+
+
+@pytest.mark.parametrize("increment", [0, 7])
+def test_cleanup_after_churn_removes_exactly_the_due(core, clock, make_manager, increment) -> None:
+    # The compiled core finds due sessions through an expiry heap with stale
+    # entries (destroyed or extended sessions): cleanup must still remove
+    # exactly the sessions with expires_at < now, whatever happened before.
+    import random
+
+    rng = random.Random(increment)
+    m = make_manager(session_duration_secs=60, extension_increment_secs=increment, max_extensions=3)
+    live: list = []
+    for step in range(3000):
+        clock.advance(seconds=rng.random() / 10)
+        roll = rng.random()
+        if roll < 0.5 or not live:
+            live.append(m.create_session().id)
+        elif roll < 0.7:
+            m.destroy_session(live.pop(rng.randrange(len(live))))
+        elif roll < 0.9:
+            sid = live[rng.randrange(len(live))]
+            if m.is_session_valid(sid) and m.get_session(sid).extension_count < 3:
+                m.extend_session(sid)
+        else:
+            now = clock.now
+            due = sorted(i.id for i in m.list_sessions() if i.expires_at_ns < now)
+            assert m.cleanup_expired_sessions() == due, step
+            gone = set(due)
+            live = [s for s in live if s not in gone]
+    for _ in range(3000):  # stale entries pile up (and get purged)
+        m.destroy_session(m.create_session().id)
+    now = clock.now
+    assert m.cleanup_expired_sessions() == sorted(
+        i.id for i in m.list_sessions() if i.expires_at_ns < now
+    )
+    clock.advance(seconds=10_000)
+    live = [s for s in live if s in m]
+    assert sorted(m.cleanup_expired_sessions()) == sorted(live)
+    assert len(m) == 0 and m.get_stats().active_sessions == 0

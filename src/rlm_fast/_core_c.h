@@ -303,10 +303,34 @@ struct SessionCopy {
     std::vector<std::pair<std::string, std::string>> context;
 };
 
+/* The order that sorts `rows` by id (sorting indices, not the copies). */
+static inline int rlm_order_by_id(const std::vector<SessionCopy> &rows,
+                                  std::vector<size_t> *order) {
+    try {
+        order->resize(rows.size());
+    } catch (const std::bad_alloc &) {
+        return RLM_NOMEM;
+    }
+    for (size_t i = 0; i < rows.size(); ++i) (*order)[i] = i;
+    std::sort(order->begin(), order->end(),
+              [&rows](size_t a, size_t b) { return rows[a].key < rows[b].key; });
+    return RLM_OK;
+}
+
 /* Hand a copy over to a result object without copying its strings. */
 static inline void rlm_move_copy(SessionCopy &dst, SessionCopy &src) {
     dst = std::move(src);
 }
+
+struct ExpiryEntry {
+    int64_t expires;
+    SidKey key;
+};
+struct ExpiryLater { /* std heaps are max-heaps: invert for the earliest */
+    bool operator()(const ExpiryEntry &a, const ExpiryEntry &b) const {
+        return a.expires > b.expires;
+    }
+};
 
 struct Config {
     int64_t duration_ns;
@@ -377,6 +401,7 @@ class Table {
     int create(SidKey key, int64_t now, int64_t expires, SessionCopy *out) {
         try {
             if (sessions_.find(key) != sessions_.end()) return RLM_DUPLICATE;
+            reserve_expiry(); /* may throw: nothing changed yet */
             Session s;
             s.created_ns = now;
             s.expires_ns = expires;
@@ -384,8 +409,9 @@ class Table {
             s.time_budget_ms = cfg.time_budget_ms;
             s.max_depth = cfg.max_depth;
             Session &stored = sessions_.emplace(key, s).first->second;
+            push_expiry(expires, key); /* cannot throw: reserved */
             created_.fetch_add(1, std::memory_order_relaxed);
-            copy_out(key, stored, out);
+            copy_out(key, stored, out); /* a plain copy: no extras yet */
             return RLM_OK;
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
@@ -450,7 +476,13 @@ class Table {
         if (s->expires_ns > RLM_I64_MAX - cfg.increment_ns) return RLM_TIME_OVERFLOW;
         st = guarded_copy(key, *s, out); /* copy first: NOMEM changes nothing */
         if (st != RLM_OK) return st;
+        try {
+            reserve_expiry();
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
         s->expires_ns += cfg.increment_ns;
+        push_expiry(s->expires_ns, key); /* the old entry goes stale */
         s->extension_count += 1;
         out->s.expires_ns = s->expires_ns;
         out->s.extension_count = s->extension_count;
@@ -465,18 +497,28 @@ class Table {
         return RLM_OK;
     }
 
-    /* Remove exactly the sessions with expires_at < now; their ids, sorted. */
+    /* Remove exactly the sessions with expires_at < now, returning their
+     * ids (unsorted). Pops due entries off the expiry heap, so the cost is
+     * that of the due sessions, not of the table. */
     int cleanup(int64_t now, std::vector<SidKey> *out) {
+        size_t due = 0;
+        for (const ExpiryEntry &e : expiry_) due += e.expires < now; /* O(n), no alloc */
         try {
-            for (auto &kv : sessions_)
-                if (kv.second.expires_ns < now) out->push_back(kv.first);
+            out->reserve(due); /* the only allocation: before any change */
         } catch (const std::bad_alloc &) {
-            out->clear();
             return RLM_NOMEM;
         }
-        for (const SidKey &k : *out) remove(sessions_.find(k));
+        while (!expiry_.empty() && expiry_.front().expires < now) {
+            ExpiryEntry e = expiry_.front();
+            std::pop_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+            expiry_.pop_back();
+            auto it = sessions_.find(e.key);
+            /* Stale entries (destroyed, or extended since) are dropped. */
+            if (it == sessions_.end() || it->second.expires_ns != e.expires) continue;
+            out->push_back(e.key);
+            remove(it);
+        }
         expired_.fetch_add(out->size(), std::memory_order_relaxed);
-        std::sort(out->begin(), out->end());
         return RLM_OK;
     }
 
@@ -769,6 +811,8 @@ class Table {
         return st;
     }
 
+    /* Copies of every session, unsorted (rlm_order_by_id sorts them after
+     * the lock is released). */
     int list(std::vector<SessionCopy> *out) {
         try {
             out->reserve(sessions_.size());
@@ -776,8 +820,6 @@ class Table {
                 out->emplace_back();
                 copy_out(kv.first, kv.second, &out->back());
             }
-            std::sort(out->begin(), out->end(),
-                      [](const SessionCopy &a, const SessionCopy &b) { return a.key < b.key; });
         } catch (const std::bad_alloc &) {
             out->clear();
             return RLM_NOMEM;
@@ -852,6 +894,16 @@ class Table {
             vm_to_session_.clear();
             return RLM_NOMEM;
         }
+        try {
+            expiry_.reserve(rows.size());
+        } catch (const std::bad_alloc &) {
+            for (auto &kv : sessions_) delete kv.second.extras;
+            sessions_.clear();
+            vm_to_session_.clear();
+            return RLM_NOMEM;
+        }
+        for (const SessionCopy &row : rows) expiry_.push_back({row.s.expires_ns, row.key});
+        std::make_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
         created_.store(created);
         destroyed_.store(destroyed);
         expired_.store(expired);
@@ -861,11 +913,37 @@ class Table {
   private:
     typedef std::unordered_map<SidKey, Session, SidHash> Map;
     Map sessions_;
+    /* Min-heap of (expires_at, id): one entry per create and extension.
+     * An entry whose session is gone or has a later expiry is stale and
+     * skipped; stale entries are purged when they outnumber live ones. */
+    std::vector<ExpiryEntry> expiry_;
     std::unordered_map<std::string, SidKey> vm_to_session_;
     /* Written under the owner's lock; atomic so readers need none. */
     std::atomic<uint64_t> created_{0};
     std::atomic<uint64_t> destroyed_{0};
     std::atomic<uint64_t> expired_{0};
+
+    /* Room for one more expiry entry (may throw bad_alloc). Purges stale
+     * entries first when they outnumber the live ones, in place. */
+    void reserve_expiry() {
+        if (expiry_.size() >= 2 * sessions_.size() + 1024) {
+            size_t kept = 0;
+            for (const ExpiryEntry &e : expiry_) {
+                auto it = sessions_.find(e.key);
+                if (it != sessions_.end() && it->second.expires_ns == e.expires)
+                    expiry_[kept++] = e;
+            }
+            expiry_.resize(kept);
+            std::make_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+        }
+        if (expiry_.size() == expiry_.capacity())
+            expiry_.reserve(expiry_.capacity() ? expiry_.capacity() * 2 : 1024);
+    }
+
+    void push_expiry(int64_t expires, SidKey key) {
+        expiry_.push_back({expires, key});
+        std::push_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+    }
 
     Session *find(SidKey key) {
         auto it = sessions_.find(key);

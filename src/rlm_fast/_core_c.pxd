@@ -51,6 +51,7 @@ cdef extern from "_core_c.h" nogil:
         vector[pair[string, string]] context
 
     void rlm_move_copy(SessionCopy &, SessionCopy &)
+    int rlm_order_by_id(const vector[SessionCopy] &, vector[size_t] *)
 
     ctypedef struct Config:
         int64_t duration_ns

@@ -17,6 +17,7 @@ from libc.stdint cimport int64_t, uint64_t
 from libcpp cimport bool as cbool
 from libcpp.pair cimport pair
 from libcpp.string cimport string
+from libcpp.algorithm cimport sort
 from libcpp.vector cimport vector
 
 from types import MappingProxyType
@@ -853,10 +854,11 @@ cdef class SessionManager:
         cdef vector[SidKey] gone
         cdef int st
         cdef size_t i
-        with nogil:  # the scan runs without the GIL: other threads go on
+        with nogil:  # the work runs without the GIL: other threads go on
             self._t.mu.lock()
             st = self._t.cleanup(now, &gone)
             self._t.mu.unlock()
+            sort(gone.begin(), gone.end())
         if st != RLM_OK:
             raise MemoryError()
         return [_sid(gone[i]) for i in range(gone.size())]
@@ -1158,12 +1160,16 @@ cdef class SessionManager:
         cdef vector[SessionCopy] rows
         cdef int st
         cdef size_t i
+        cdef vector[size_t] order
         _acquire(self._t)
         st = self._t.list(&rows)
         self._t.mu.unlock()
+        if st == RLM_OK:
+            with nogil:
+                st = rlm_order_by_id(rows, &order)
         if st != RLM_OK:
             raise MemoryError()
-        return [_info(&rows[i]) for i in range(rows.size())]
+        return [_info(&rows[order[i]]) for i in range(rows.size())]
 
     # -- bulk API (numpy) ---------------------------------------------------------
 
@@ -1229,13 +1235,16 @@ cdef class SessionManager:
         cdef Stats s
         cdef int st
         cdef size_t i
+        cdef vector[size_t] order
         _acquire(self._t)
         st = self._t.list(&rows)
         s = self._t.stats()
         self._t.mu.unlock()
+        if st == RLM_OK:
+            st = rlm_order_by_id(rows, &order)
         if st != RLM_OK:
             raise MemoryError()
-        infos = [_info(&rows[i]) for i in range(rows.size())]
+        infos = [_info(&rows[order[i]]) for i in range(rows.size())]
         return infos, _stats(s)
 
     def _restore(self, infos, counters):

@@ -306,6 +306,16 @@ cdef SessionInfo _info(SessionCopy *c):
     return info
 
 
+cdef inline int _state_code(object state) except -1:
+    """The state code of a SessionState member (identity checks: an Enum's
+    hash is a Python call) or of its value string."""
+    cdef int i
+    for i in range(6):
+        if state is _STATES[i]:
+            return i
+    return STATE_CODE[coerce_state(state)]
+
+
 cdef inline void _acquire(Table *t) noexcept:
     """Take the table's lock while holding the GIL: release the GIL before
     blocking, so the holder (maybe a nogil scan) and other threads go on."""
@@ -785,7 +795,7 @@ cdef class SessionManager:
         cdef SidKey k
         cdef int st
         _key(session_id, &k)
-        cdef int code = STATE_CODE[coerce_state(state)]
+        cdef int code = _state_code(state)
         cdef int64_t now = self._now()
         _acquire(self._t)
         st = self._t.update_state(k, now, code)
@@ -981,17 +991,14 @@ cdef class SessionManager:
         cdef SidKey k
         cdef int st
         _key(session_id, &k)
-        if result_kind(budget) != "BudgetStatus":
+        if type(budget) is not BudgetStatus and result_kind(budget) != "BudgetStatus":
             raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
-        cdef uint64_t tb = _u64(budget.token_budget, "token_budget")
-        cdef uint64_t tu = _u64(budget.tokens_used, "tokens_used")
-        cdef uint64_t mb = _u64(budget.time_budget_ms, "time_budget_ms")
-        cdef uint64_t mu = _u64(budget.time_used_ms, "time_used_ms")
-        cdef uint64_t md = _u64(budget.max_recursion_depth, "max_recursion_depth")
-        cdef uint64_t d = _u64(budget.current_recursion_depth, "current_recursion_depth")
+        cdef BudgetStatus b = _budget_of(budget)  # the twin's, converted
         cdef int64_t now = self._now()
         _acquire(self._t)
-        st = self._t.update_budget(k, now, tb, tu, mb, mu, md, d)
+        st = self._t.update_budget(k, now, b.token_budget, b.tokens_used, b.time_budget_ms,
+                                   b.time_used_ms, b.max_recursion_depth,
+                                   b.current_recursion_depth)
         self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "update_budget")

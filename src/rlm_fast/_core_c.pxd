@@ -12,8 +12,8 @@
 A session id is its 16 big-endian bytes (`SessionId.bytes`). Each `rlm_*`
 function takes the table's lock itself, does one atomic step, returns an
 `RlmStatus` code and never raises; call them without the GIL. `now_ns` is
-the time the call decides expiry by: `rlm_now_ns()` (the wall clock), or
-your own for a manager made with a `clock`. Build with
+the time the call decides expiry by: `rlm_now_ns()` (the wall clock the
+manager's checks use), or your own for a manager made with a `clock`. Build with
 `include_dirs=[rlm_fast.get_include()]` and `language="c++"`.
 """
 
@@ -145,6 +145,7 @@ cdef extern from "_core_c.h" nogil:
     int rlm_new_key(int64_t, SidKey *)
     int rlm_random_init()
     int64_t rlm_time_ns()
+    int64_t rlm_check_time_ns()
 
 
 cdef class SessionId:
@@ -158,6 +159,7 @@ cdef class SessionManager:
     cdef object _clock
     cdef object _config
     cdef int64_t _now(self) except? -1
+    cdef int64_t _stamp_now(self) except? -1
     cdef object _increment(self, SidKey k)
 
 

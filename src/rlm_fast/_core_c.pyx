@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3, freethreading_compatible=True, binding=False
 # cython: boundscheck=False, wraparound=False, cdivision=False
 # distutils: language = c++
 """Compiled session core: `SessionId` and `SessionManager`, same behaviour as
@@ -754,6 +754,14 @@ cdef class SessionManager:
         return copy.deepcopy(self._config)
 
     cdef int64_t _now(self) except? -1:
+        """Now, for checks: the user clock, else the wall clock at tick
+        resolution (rlm_check_time_ns: never ahead, at most a tick behind)."""
+        if self._clock is None:
+            return rlm_check_time_ns()
+        return check_clock_value(self._clock())
+
+    cdef int64_t _stamp_now(self) except? -1:
+        """Now, for a timestamp the session records (created_at)."""
         if self._clock is None:
             return rlm_time_ns()
         return check_clock_value(self._clock())
@@ -761,7 +769,7 @@ cdef class SessionManager:
     # -- lifecycle ----------------------------------------------------------
 
     def create_session(self):
-        cdef int64_t now = self._now()
+        cdef int64_t now = self._stamp_now()
         cdef SidKey k
         cdef SessionCopy c
         cdef int st
@@ -1336,7 +1344,7 @@ cdef Table *rlm_table(SessionManager manager) noexcept:
 
 
 cdef int64_t rlm_now_ns() noexcept nogil:
-    return rlm_time_ns()
+    return rlm_check_time_ns()
 
 
 cdef int rlm_is_valid(Table *t, const unsigned char *sid, int64_t now_ns) noexcept nogil:

@@ -9,8 +9,10 @@ the lock is taken, and only exact `str` objects are stored, so no user code
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -230,6 +232,23 @@ def _key(session_id: object) -> int:
 # SessionManager
 # ---------------------------------------------------------------------------
 
+# The clock checks read, as the compiled core's rlm_check_time_ns(): the
+# coarse wall clock where the OS has one (Linux), else the precise one.
+_COARSE = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform.startswith("linux") else None)
+
+
+def _check_time_ns() -> int:
+    return time.time_ns()
+
+
+if _COARSE is not None:
+    try:
+        time.clock_gettime_ns(_COARSE)
+    except OSError:
+        pass
+    else:
+        _check_time_ns = functools.partial(time.clock_gettime_ns, _COARSE)  # noqa: F811
+
 _NS_PER_S = 1_000_000_000
 
 
@@ -346,6 +365,14 @@ class SessionManager:
     # -- helpers ------------------------------------------------------------
 
     def _now(self) -> int:
+        """Now, for checks: the user clock, else the wall clock at tick
+        resolution (never ahead of time.time_ns(), at most a tick behind)."""
+        if self._clock is None:
+            return _check_time_ns()
+        return check_clock_value(self._clock())
+
+    def _stamp_now(self) -> int:
+        """Now, for a timestamp the session records (created_at)."""
         if self._clock is None:
             return time.time_ns()
         return check_clock_value(self._clock())
@@ -381,7 +408,7 @@ class SessionManager:
     # -- lifecycle ----------------------------------------------------------
 
     def create_session(self) -> SessionInfo:
-        now = self._now()
+        now = self._stamp_now()
         expires = now + self._duration_ns
         if expires > I64_MAX:
             raise ConfigError(MSG_CREATE_OVERFLOW)

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <map>
 #include <new>
 #include <string>
@@ -416,17 +417,22 @@ class Table {
     int create(SidKey key, int64_t now, int64_t expires, SessionCopy *out) {
         try {
             if (sessions_.find(key) != sessions_.end()) return RLM_DUPLICATE;
-            reserve_expiry(); /* may throw: nothing changed yet */
             Session s;
             s.created_ns = now;
             s.expires_ns = expires;
             s.token_budget = cfg.token_budget;
             s.time_budget_ms = cfg.time_budget_ms;
             s.max_depth = cfg.max_depth;
-            Session &stored = sessions_.emplace(key, s).first->second;
-            push_expiry(expires, key); /* cannot throw: reserved */
+            bool in_fifo = push_expiry(expires, key); /* may throw: nothing changed */
+            Session *stored;
+            try {
+                stored = &sessions_.emplace(key, s).first->second;
+            } catch (const std::bad_alloc &) {
+                unpush_expiry(in_fifo, expires, key);
+                throw;
+            }
             created_.fetch_add(1, std::memory_order_relaxed);
-            copy_out(key, stored, out); /* a plain copy: no extras yet */
+            copy_out(key, *stored, out); /* a plain copy: no extras yet */
             return RLM_OK;
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
@@ -492,12 +498,11 @@ class Table {
         st = guarded_copy(key, *s, out); /* copy first: NOMEM changes nothing */
         if (st != RLM_OK) return st;
         try {
-            reserve_expiry();
+            push_expiry(s->expires_ns + cfg.increment_ns, key); /* the old entry goes stale */
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
         s->expires_ns += cfg.increment_ns;
-        push_expiry(s->expires_ns, key); /* the old entry goes stale */
         s->extension_count += 1;
         out->s.expires_ns = s->expires_ns;
         out->s.extension_count = s->extension_count;
@@ -513,20 +518,36 @@ class Table {
     }
 
     /* Remove exactly the sessions with expires_at < now, returning their
-     * ids (unsorted). Pops due entries off the expiry heap, so the cost is
-     * that of the due sessions, not of the table. */
+     * ids (unsorted). The due entries are a prefix of the expiry FIFO plus
+     * the top of the heap, so the cost is that of the due sessions, not of
+     * the table. */
     int cleanup(int64_t now, std::vector<SidKey> *out) {
         size_t due = 0;
-        for (const ExpiryEntry &e : expiry_) due += e.expires < now; /* O(n), no alloc */
+        for (const ExpiryEntry &e : fifo_) {
+            if (e.expires >= now) break;
+            ++due;
+        }
+        for (const ExpiryEntry &e : heap_) due += e.expires < now;
         try {
             out->reserve(due); /* the only allocation: before any change */
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
-        while (!expiry_.empty() && expiry_.front().expires < now) {
-            ExpiryEntry e = expiry_.front();
-            std::pop_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
-            expiry_.pop_back();
+        for (;;) {
+            ExpiryEntry e;
+            bool from_fifo = !fifo_.empty() && fifo_.front().expires < now;
+            bool from_heap = !heap_.empty() && heap_.front().expires < now;
+            if (from_fifo && from_heap) from_heap = heap_.front().expires < fifo_.front().expires;
+            if (from_heap) {
+                e = heap_.front();
+                std::pop_heap(heap_.begin(), heap_.end(), ExpiryLater());
+                heap_.pop_back();
+            } else if (from_fifo) {
+                e = fifo_.front();
+                fifo_.pop_front();
+            } else {
+                break;
+            }
             auto it = sessions_.find(e.key);
             /* Stale entries (destroyed, or extended since) are dropped. */
             if (it == sessions_.end() || it->second.expires_ns != e.expires) continue;
@@ -910,15 +931,15 @@ class Table {
             return RLM_NOMEM;
         }
         try {
-            expiry_.reserve(rows.size());
+            heap_.reserve(rows.size());
         } catch (const std::bad_alloc &) {
             for (auto &kv : sessions_) delete kv.second.extras;
             sessions_.clear();
             vm_to_session_.clear();
             return RLM_NOMEM;
         }
-        for (const SessionCopy &row : rows) expiry_.push_back({row.s.expires_ns, row.key});
-        std::make_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+        for (const SessionCopy &row : rows) heap_.push_back({row.s.expires_ns, row.key});
+        std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
         created_.store(created);
         destroyed_.store(destroyed);
         expired_.store(expired);
@@ -928,36 +949,65 @@ class Table {
   private:
     typedef std::unordered_map<SidKey, Session, SidHash> Map;
     Map sessions_;
-    /* Min-heap of (expires_at, id): one entry per create and extension.
-     * An entry whose session is gone or has a later expiry is stale and
-     * skipped; stale entries are purged when they outnumber live ones. */
-    std::vector<ExpiryEntry> expiry_;
+    /* The expiry index: one (expires_at, id) entry per create and
+     * extension. Entries arriving in expiry order (the usual case: each
+     * create expires after the previous one) go to the FIFO, so the due
+     * ones are its prefix; the others to a min-heap. An entry whose session
+     * is gone or has a later expiry is stale and skipped; stale entries are
+     * purged when they outnumber live sessions. */
+    std::deque<ExpiryEntry> fifo_;
+    std::vector<ExpiryEntry> heap_;
     std::unordered_map<std::string, SidKey> vm_to_session_;
     /* Written under the owner's lock; atomic so readers need none. */
     std::atomic<uint64_t> created_{0};
     std::atomic<uint64_t> destroyed_{0};
     std::atomic<uint64_t> expired_{0};
 
-    /* Room for one more expiry entry (may throw bad_alloc). Purges stale
-     * entries first when they outnumber the live ones, in place. */
-    void reserve_expiry() {
-        if (expiry_.size() >= 2 * sessions_.size() + 1024) {
-            size_t kept = 0;
-            for (const ExpiryEntry &e : expiry_) {
-                auto it = sessions_.find(e.key);
-                if (it != sessions_.end() && it->second.expires_ns == e.expires)
-                    expiry_[kept++] = e;
-            }
-            expiry_.resize(kept);
-            std::make_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+    /* Index one expiry (may throw bad_alloc, then nothing changed); true
+     * if it went to the FIFO. Purges stale entries first, in place, when
+     * they outnumber the live sessions. */
+    bool push_expiry(int64_t expires, SidKey key) {
+        if (fifo_.size() + heap_.size() >= 2 * sessions_.size() + 1024) purge_expiry();
+        if (fifo_.empty() || expires >= fifo_.back().expires) {
+            fifo_.push_back({expires, key});
+            return true;
         }
-        if (expiry_.size() == expiry_.capacity())
-            expiry_.reserve(expiry_.capacity() ? expiry_.capacity() * 2 : 1024);
+        heap_.reserve(heap_.size() + 1);
+        heap_.push_back({expires, key});
+        std::push_heap(heap_.begin(), heap_.end(), ExpiryLater());
+        return false;
     }
 
-    void push_expiry(int64_t expires, SidKey key) {
-        expiry_.push_back({expires, key});
-        std::push_heap(expiry_.begin(), expiry_.end(), ExpiryLater());
+    /* Undo the push_expiry(expires, key) just made (cannot throw; only on
+     * the allocation-failure path, so linear is fine). */
+    void unpush_expiry(bool in_fifo, int64_t expires, SidKey key) {
+        if (in_fifo) {
+            fifo_.pop_back();
+            return;
+        }
+        for (size_t i = 0; i < heap_.size(); ++i) {
+            if (heap_[i].expires == expires && heap_[i].key == key) {
+                heap_[i] = heap_.back();
+                heap_.pop_back();
+                std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
+                return;
+            }
+        }
+    }
+
+    bool live_entry(const ExpiryEntry &e) {
+        auto it = sessions_.find(e.key);
+        return it != sessions_.end() && it->second.expires_ns == e.expires;
+    }
+
+    void purge_expiry() {
+        fifo_.erase(std::remove_if(fifo_.begin(), fifo_.end(),
+                                   [this](const ExpiryEntry &e) { return !live_entry(e); }),
+                    fifo_.end());
+        heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
+                                   [this](const ExpiryEntry &e) { return !live_entry(e); }),
+                    heap_.end());
+        std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
     }
 
     Session *find(SidKey key) {

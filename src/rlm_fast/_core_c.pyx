@@ -17,7 +17,9 @@ from libc.stdint cimport int64_t, uint64_t
 from libcpp cimport bool as cbool
 from libcpp.pair cimport pair
 from libcpp.string cimport string
-from libcpp.algorithm cimport sort
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.ref cimport Py_INCREF
+from libcpp.algorithm cimport is_sorted, sort
 from libcpp.vector cimport vector
 
 from types import MappingProxyType
@@ -876,10 +878,17 @@ cdef class SessionManager:
             self._t.mu.lock()
             st = self._t.cleanup(now, &gone)
             self._t.mu.unlock()
-            sort(gone.begin(), gone.end())
+            if not is_sorted(gone.begin(), gone.end()):  # often already in order
+                sort(gone.begin(), gone.end())
         if st != RLM_OK:
             raise MemoryError()
-        return [_sid(gone[i]) for i in range(gone.size())]
+        cdef list out = PyList_New(gone.size())  # sized once: no regrowth
+        cdef SessionId sid
+        for i in range(gone.size()):
+            sid = _sid(gone[i])
+            Py_INCREF(sid)
+            PyList_SET_ITEM(out, i, sid)
+        return out
 
     # -- VM affinity ----------------------------------------------------------
 

@@ -1,9 +1,10 @@
 /* rlm_fast compiled core: the session table in C++ memory.
  *
- * No Python object is touched here. A `Table` carries its own lock
- * (`Table::mu`); its methods assume the caller holds it, so each call made
- * under one acquisition is one atomic step. The Cython class and the
- * cimport-able C API (`_core_c.pxd`) both take it. Methods return a status
+ * No Python object is touched here. A `Table` is striped into shards,
+ * each with its own lock, plus a lock for the VM map; every method takes
+ * the locks it needs (see the lock order above class Table), so each is one
+ * atomic step, callable with or without the GIL (the Cython class and the
+ * cimport-able C API in _core_c.pxd both call them). Methods return a status
  * code and never throw (allocation failure becomes RLM_NOMEM with the table
  * unchanged).
  */
@@ -233,39 +234,6 @@ static inline int64_t rlm_time_ns(void) {
 #endif
 }
 
-/* ---------------------------------------------------------------- lock */
-
-/* The table's lock. On 3.13+ a PyMutex: one byte, and a thread that blocks
- * on it detaches from the interpreter, so neither the GIL nor a
- * free-threaded stop-the-world can deadlock against it. Before 3.13 a
- * std::mutex; callers that hold the GIL try_lock() first and release the
- * GIL before blocking (see _core_c.pyx `_acquire`). Usable without the GIL
- * or a thread state. */
-#if PY_VERSION_HEX >= 0x030D0000
-struct RlmLock {
-    PyMutex m = {0};
-    void lock() { PyMutex_Lock(&m); }
-    void unlock() { PyMutex_Unlock(&m); }
-    bool try_lock() { PyMutex_Lock(&m); return true; } /* detaches itself */
-};
-#else
-struct RlmLock {
-    std::mutex m;
-    void lock() { m.lock(); }
-    void unlock() { m.unlock(); }
-    bool try_lock() { return m.try_lock(); }
-};
-#endif
-
-/* Holds a table's lock for one scope (C API functions). */
-struct RlmGuard {
-    RlmLock &l;
-    explicit RlmGuard(RlmLock &lock) : l(lock) { l.lock(); }
-    ~RlmGuard() { l.unlock(); }
-    RlmGuard(const RlmGuard &) = delete;
-    RlmGuard &operator=(const RlmGuard &) = delete;
-};
-
 /* The wall clock at tick resolution (Linux: CLOCK_REALTIME_COARSE, ~4 ns
  * instead of ~16 ns). It reads at most one tick (1-4 ms) behind
  * rlm_time_ns(), never ahead, so a check made with it is only ever that
@@ -280,6 +248,45 @@ static inline int64_t rlm_check_time_ns(void) {
     return rlm_time_ns();
 #endif
 }
+
+/* ---------------------------------------------------------------- lock */
+
+/* A table lock. On 3.13+ a PyMutex: one byte, and a thread that blocks on
+ * it detaches from the interpreter, so neither the GIL nor a free-threaded
+ * stop-the-world can deadlock against it. Before 3.13 a std::mutex, and a
+ * caller that holds the GIL releases it before blocking (every waiter does,
+ * so the holder can always get the GIL back). Usable without the GIL. */
+#if PY_VERSION_HEX >= 0x030D0000
+struct RlmLock {
+    PyMutex m = {0};
+    void lock() { PyMutex_Lock(&m); }
+    void unlock() { PyMutex_Unlock(&m); }
+};
+#else
+struct RlmLock {
+    std::mutex m;
+    void lock() {
+        if (m.try_lock()) return;
+        if (PyGILState_Check()) {
+            PyThreadState *ts = PyEval_SaveThread();
+            m.lock();
+            PyEval_RestoreThread(ts);
+        } else {
+            m.lock();
+        }
+    }
+    void unlock() { m.unlock(); }
+};
+#endif
+
+/* Holds a lock for one scope. */
+struct RlmGuard {
+    RlmLock &l;
+    explicit RlmGuard(RlmLock &lock) : l(lock) { l.lock(); }
+    ~RlmGuard() { l.unlock(); }
+    RlmGuard(const RlmGuard &) = delete;
+    RlmGuard &operator=(const RlmGuard &) = delete;
+};
 
 /* ---------------------------------------------------------------- table */
 
@@ -400,50 +407,29 @@ struct Stats {
     uint64_t created, active, with_vm, destroyed, expired;
 };
 
-class Table {
-  public:
-    Config cfg;   /* set once, before the table is shared */
-    RlmLock mu;   /* guards everything below and every Session */
+/* One stripe of the table: its sessions and their expiry index, under its
+ * own lock, on its own cache lines. Its methods assume `mu` is held. */
+struct alignas(64) Shard {
+    typedef std::unordered_map<SidKey, Session, SidHash> Map;
 
-    Table() { cfg = Config(); }
-    ~Table() {
-        for (auto &kv : sessions_) delete kv.second.extras;
-    }
-    Table(const Table &) = delete;
-    Table &operator=(const Table &) = delete;
+    RlmLock mu;
+    Map sessions;
+    /* The expiry index: one (expires_at, id) entry per create and
+     * extension. Entries arriving in expiry order (the usual case: each
+     * create expires after the previous one) go to the FIFO, so the due
+     * ones are its prefix; the others to a min-heap. An entry whose session
+     * is gone or has a later expiry is stale and skipped; stale entries are
+     * purged when they outnumber live sessions. */
+    std::deque<ExpiryEntry> fifo;
+    std::vector<ExpiryEntry> heap;
 
-    size_t size() const { return sessions_.size(); }
-
-    int create(SidKey key, int64_t now, int64_t expires, SessionCopy *out) {
-        try {
-            if (sessions_.find(key) != sessions_.end()) return RLM_DUPLICATE;
-            Session s;
-            s.created_ns = now;
-            s.expires_ns = expires;
-            s.token_budget = cfg.token_budget;
-            s.time_budget_ms = cfg.time_budget_ms;
-            s.max_depth = cfg.max_depth;
-            bool in_fifo = push_expiry(expires, key); /* may throw: nothing changed */
-            Session *stored;
-            try {
-                stored = &sessions_.emplace(key, s).first->second;
-            } catch (const std::bad_alloc &) {
-                unpush_expiry(in_fifo, expires, key);
-                throw;
-            }
-            created_.fetch_add(1, std::memory_order_relaxed);
-            copy_out(key, *stored, out); /* a plain copy: no extras yet */
-            return RLM_OK;
-        } catch (const std::bad_alloc &) {
-            return RLM_NOMEM;
-        }
+    ~Shard() {
+        for (auto &kv : sessions) delete kv.second.extras;
     }
 
-    /* A copy of any existing session (read-only lookups). */
-    int get(SidKey key, SessionCopy *out) {
-        Session *s = find(key);
-        if (!s) return RLM_NOT_FOUND;
-        return guarded_copy(key, *s, out);
+    Session *find(SidKey key) {
+        auto it = sessions.find(key);
+        return it == sessions.end() ? NULL : &it->second;
     }
 
     /* Existence, TERMINATED, then expiry (by clock or state). */
@@ -456,17 +442,153 @@ class Table {
         return RLM_OK;
     }
 
+    /* Index one expiry (may throw bad_alloc, then nothing changed); true
+     * if it went to the FIFO. */
+    bool push_expiry(int64_t expires, SidKey key) {
+        if (fifo.size() + heap.size() >= 2 * sessions.size() + 64) purge_expiry();
+        if (fifo.empty() || expires >= fifo.back().expires) {
+            fifo.push_back({expires, key});
+            return true;
+        }
+        heap.reserve(heap.size() + 1);
+        heap.push_back({expires, key});
+        std::push_heap(heap.begin(), heap.end(), ExpiryLater());
+        return false;
+    }
+
+    /* Undo the push_expiry(expires, key) just made (cannot throw; only on
+     * the allocation-failure path, so linear is fine). */
+    void unpush_expiry(bool in_fifo, int64_t expires, SidKey key) {
+        if (in_fifo) {
+            fifo.pop_back();
+            return;
+        }
+        for (size_t i = 0; i < heap.size(); ++i) {
+            if (heap[i].expires == expires && heap[i].key == key) {
+                heap[i] = heap.back();
+                heap.pop_back();
+                std::make_heap(heap.begin(), heap.end(), ExpiryLater());
+                return;
+            }
+        }
+    }
+
+    bool live_entry(const ExpiryEntry &e) {
+        Session *s = find(e.key);
+        return s && s->expires_ns == e.expires;
+    }
+
+    void purge_expiry() { /* in place: no allocation */
+        auto stale = [this](const ExpiryEntry &e) { return !live_entry(e); };
+        fifo.erase(std::remove_if(fifo.begin(), fifo.end(), stale), fifo.end());
+        heap.erase(std::remove_if(heap.begin(), heap.end(), stale), heap.end());
+        std::make_heap(heap.begin(), heap.end(), ExpiryLater());
+    }
+
+    /* How many entries are due (for reserving before any change). */
+    size_t due_count(int64_t now) const {
+        size_t due = 0;
+        for (const ExpiryEntry &e : fifo) {
+            if (e.expires >= now) break;
+            ++due;
+        }
+        for (const ExpiryEntry &e : heap) due += e.expires < now;
+        return due;
+    }
+
+    /* The next due entry, popped; false when none is due. */
+    bool pop_due(int64_t now, ExpiryEntry *e) {
+        bool from_fifo = !fifo.empty() && fifo.front().expires < now;
+        bool from_heap = !heap.empty() && heap.front().expires < now;
+        if (from_fifo && from_heap) from_heap = heap.front().expires < fifo.front().expires;
+        if (from_heap) {
+            *e = heap.front();
+            std::pop_heap(heap.begin(), heap.end(), ExpiryLater());
+            heap.pop_back();
+            return true;
+        }
+        if (from_fifo) {
+            *e = fifo.front();
+            fifo.pop_front();
+            return true;
+        }
+        return false;
+    }
+};
+
+/* The session table. Every public method takes the locks it needs, so each
+ * is one atomic step, and returns a status code.
+ *
+ * Lock order (no cycle, so no deadlock): `vm_mu_` first, then shard locks
+ * in increasing index. A session's fields are guarded by its shard's lock;
+ * the VM map by `vm_mu_` *and* the shard locks of the sessions it names, so
+ * a VM change holds both and a reader of either side holds one. Operations
+ * on one session (the hot path) take one shard lock; whole-table ones
+ * (cleanup, stats, list) take all of them. */
+class Table {
+  public:
+    Config cfg; /* set once, before the table is shared */
+
+    Table() { cfg = Config(); }
+    Table(const Table &) = delete;
+    Table &operator=(const Table &) = delete;
+
+    size_t size() {
+        AllLocks all(*this, false);
+        return count();
+    }
+
+    int create(SidKey key, int64_t now, int64_t expires, SessionCopy *out) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        try {
+            if (sh.sessions.find(key) != sh.sessions.end()) return RLM_DUPLICATE;
+            Session s;
+            s.created_ns = now;
+            s.expires_ns = expires;
+            s.token_budget = cfg.token_budget;
+            s.time_budget_ms = cfg.time_budget_ms;
+            s.max_depth = cfg.max_depth;
+            bool in_fifo = sh.push_expiry(expires, key); /* may throw: nothing changed */
+            Session *stored;
+            try {
+                stored = &sh.sessions.emplace(key, s).first->second;
+            } catch (const std::bad_alloc &) {
+                sh.unpush_expiry(in_fifo, expires, key);
+                throw;
+            }
+            created_.fetch_add(1, std::memory_order_relaxed);
+            copy_out(key, *stored, out); /* a plain copy: no extras yet */
+            return RLM_OK;
+        } catch (const std::bad_alloc &) {
+            return RLM_NOMEM;
+        }
+    }
+
+    /* A copy of any existing session (read-only lookups). */
+    int get(SidKey key, SessionCopy *out) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
+        if (!s) return RLM_NOT_FOUND;
+        return guarded_copy(key, *s, out);
+    }
+
     int is_valid(SidKey key, int64_t now) { return status_of(key, now) == RLM_OK; }
 
     /* RLM_OK for a usable session, else why not. */
     int status_of(SidKey key, int64_t now) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        return live(key, now, &s);
+        return sh.live(key, now, &s);
     }
 
     /* The VM id into a caller's buffer (the nogil C API). */
     int copy_vm(SidKey key, char *buf, size_t size, size_t *length) {
-        Session *s = find(key);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         if (!s) return RLM_NOT_FOUND;
         if (!s->extras || !s->extras->has_vm) return RLM_NO_VM;
         *length = s->extras->vm.size();
@@ -476,29 +598,35 @@ class Table {
     }
 
     int validate(SidKey key, int64_t now, SessionCopy *out) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         return guarded_copy(key, *s, out);
     }
 
     int update_state(SidKey key, int64_t now, int state) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st == RLM_OK) s->state = state;
         return st;
     }
 
     int extend(SidKey key, int64_t now, SessionCopy *out) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         if (s->extension_count >= cfg.max_extensions) return RLM_MAX_EXTENSIONS;
         if (s->expires_ns > RLM_I64_MAX - cfg.increment_ns) return RLM_TIME_OVERFLOW;
         st = guarded_copy(key, *s, out); /* copy first: NOMEM changes nothing */
         if (st != RLM_OK) return st;
         try {
-            push_expiry(s->expires_ns + cfg.increment_ns, key); /* the old entry goes stale */
+            sh.push_expiry(s->expires_ns + cfg.increment_ns, key); /* the old entry goes stale */
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
@@ -510,49 +638,49 @@ class Table {
     }
 
     int destroy(SidKey key) {
-        auto it = sessions_.find(key);
-        if (it == sessions_.end()) return RLM_NOT_FOUND;
-        remove(it);
+        Shard &sh = shard_of(key);
+        {
+            RlmGuard g(sh.mu);
+            auto it = sh.sessions.find(key);
+            if (it == sh.sessions.end()) return RLM_NOT_FOUND;
+            if (!holds_vm(it->second)) { /* the common case: one lock */
+                remove(sh, it);
+                destroyed_.fetch_add(1, std::memory_order_relaxed);
+                return RLM_OK;
+            }
+        }
+        /* It holds a VM: the VM map changes too, so take its lock first
+         * (lock order) and look again. */
+        RlmGuard gv(vm_mu_);
+        RlmGuard g(sh.mu);
+        auto it = sh.sessions.find(key);
+        if (it == sh.sessions.end()) return RLM_NOT_FOUND;
+        remove(sh, it);
         destroyed_.fetch_add(1, std::memory_order_relaxed);
         return RLM_OK;
     }
 
     /* Remove exactly the sessions with expires_at < now, returning their
-     * ids (unsorted). The due entries are a prefix of the expiry FIFO plus
-     * the top of the heap, so the cost is that of the due sessions, not of
-     * the table. */
+     * ids (unsorted). The due entries are a prefix of each shard's FIFO
+     * plus the top of its heap: the cost is that of the due sessions. */
     int cleanup(int64_t now, std::vector<SidKey> *out) {
+        AllLocks all(*this, true);
         size_t due = 0;
-        for (const ExpiryEntry &e : fifo_) {
-            if (e.expires >= now) break;
-            ++due;
-        }
-        for (const ExpiryEntry &e : heap_) due += e.expires < now;
+        for (Shard &sh : shards_) due += sh.due_count(now);
         try {
             out->reserve(due); /* the only allocation: before any change */
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
-        for (;;) {
+        for (Shard &sh : shards_) {
             ExpiryEntry e;
-            bool from_fifo = !fifo_.empty() && fifo_.front().expires < now;
-            bool from_heap = !heap_.empty() && heap_.front().expires < now;
-            if (from_fifo && from_heap) from_heap = heap_.front().expires < fifo_.front().expires;
-            if (from_heap) {
-                e = heap_.front();
-                std::pop_heap(heap_.begin(), heap_.end(), ExpiryLater());
-                heap_.pop_back();
-            } else if (from_fifo) {
-                e = fifo_.front();
-                fifo_.pop_front();
-            } else {
-                break;
+            while (sh.pop_due(now, &e)) {
+                auto it = sh.sessions.find(e.key);
+                /* Stale entries (destroyed, or extended since) are dropped. */
+                if (it == sh.sessions.end() || it->second.expires_ns != e.expires) continue;
+                out->push_back(e.key);
+                remove(sh, it);
             }
-            auto it = sessions_.find(e.key);
-            /* Stale entries (destroyed, or extended since) are dropped. */
-            if (it == sessions_.end() || it->second.expires_ns != e.expires) continue;
-            out->push_back(e.key);
-            remove(it);
         }
         expired_.fetch_add(out->size(), std::memory_order_relaxed);
         return RLM_OK;
@@ -561,8 +689,15 @@ class Table {
     /* ---- VM affinity: vm_to_session_ and Extras::vm are exact inverses */
 
     int assign_vm(SidKey key, int64_t now, const std::string &vm) {
+        RlmGuard gv(vm_mu_);
+        /* The VM's current holder, if another session: its shard too. */
+        SidKey prev_key = key;
+        auto slot = vm_to_session_.find(vm);
+        if (slot != vm_to_session_.end()) prev_key = slot->second;
+        PairLock shards(*this, key, prev_key);
+        Shard &sh = shard_of(key);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         try {
             if (s->extras && s->extras->has_vm && s->extras->vm == vm) {
@@ -573,12 +708,11 @@ class Table {
              * nothing; the steps after it cannot throw. */
             Extras *ex = extras_of(s);
             std::string copy(vm);
-            auto slot = vm_to_session_.find(vm);
             if (slot == vm_to_session_.end()) {
                 slot = vm_to_session_.emplace(vm, key).first;
             } else {
                 /* The VM moves: its old session no longer holds it. */
-                Session *prev = find(slot->second);
+                Session *prev = shard_of(prev_key).find(prev_key);
                 if (prev && prev->extras) {
                     prev->extras->has_vm = false;
                     prev->extras->vm.clear();
@@ -601,10 +735,13 @@ class Table {
 
     /* Any existing session, whatever its state. */
     int release_vm(SidKey key, std::string *vm_out, bool *had) {
-        Session *s = find(key);
+        RlmGuard gv(vm_mu_);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         if (!s) return RLM_NOT_FOUND;
         *had = false;
-        if (s->extras && s->extras->has_vm) {
+        if (holds_vm(*s)) {
             try {
                 *vm_out = s->extras->vm;
             } catch (const std::bad_alloc &) {
@@ -616,11 +753,13 @@ class Table {
         return RLM_OK;
     }
 
-    /* 1 if the session exists and holds a VM (copied to vm_out). */
+    /* The session's VM, if it exists and holds one (copied to vm_out). */
     int get_vm(SidKey key, std::string *vm_out, bool *had) {
-        Session *s = find(key);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         *had = false;
-        if (!s || !s->extras || !s->extras->has_vm) return RLM_OK;
+        if (!s || !holds_vm(*s)) return RLM_OK;
         try {
             *vm_out = s->extras->vm;
         } catch (const std::bad_alloc &) {
@@ -631,6 +770,7 @@ class Table {
     }
 
     bool session_for_vm(const std::string &vm, SidKey *out) {
+        RlmGuard gv(vm_mu_);
         auto it = vm_to_session_.find(vm);
         if (it == vm_to_session_.end()) return false;
         *out = it->second;
@@ -641,8 +781,10 @@ class Table {
 
     int set_context(SidKey key, int64_t now, const std::string &name,
                     const std::string &value) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         try {
             extras_of(s)->context[name] = value;
@@ -653,7 +795,9 @@ class Table {
     }
 
     int get_context(SidKey key, const std::string &name, std::string *out, bool *had) {
-        Session *s = find(key);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         if (!s) return RLM_NOT_FOUND;
         *had = false;
         if (!s->extras) return RLM_OK;
@@ -668,24 +812,20 @@ class Table {
         return RLM_OK;
     }
 
-    int all_context(SidKey key, SessionCopy *out) {
-        return get(key, out);
-    }
+    int all_context(SidKey key, SessionCopy *out) { return get(key, out); }
 
     int delete_context(SidKey key, int64_t now, const std::string &name,
                        std::string *out, bool *had) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         *had = false;
         if (!s->extras) return RLM_OK;
         auto it = s->extras->context.find(name);
         if (it == s->extras->context.end()) return RLM_OK;
-        try {
-            out->swap(it->second);
-        } catch (const std::bad_alloc &) {
-            return RLM_NOMEM;
-        }
+        out->swap(it->second); /* no allocation */
         s->extras->context.erase(it);
         *had = true;
         return RLM_OK;
@@ -696,8 +836,10 @@ class Table {
     int update_budget(SidKey key, int64_t now, uint64_t token_budget,
                       uint64_t tokens_used, uint64_t time_budget_ms,
                       uint64_t time_used_ms, uint64_t max_depth, uint64_t depth) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         s->token_budget = token_budget;
         s->tokens_used = tokens_used;
@@ -711,8 +853,10 @@ class Table {
     /* On RLM_DEPTH_EXCEEDED, *depth is the current depth (the refused one
      * is depth + 1, computed by the caller without wrapping). */
     int increment(SidKey key, int64_t now, uint64_t *depth, uint64_t *max_depth) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         *max_depth = s->max_depth;
         if (s->depth >= s->max_depth) {
@@ -724,8 +868,10 @@ class Table {
     }
 
     int decrement(SidKey key, int64_t now, uint64_t *depth) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         if (s->depth > 0) s->depth -= 1;
         *depth = s->depth;
@@ -734,14 +880,18 @@ class Table {
 
     /* The exit of recursion(): -1 whatever the state, never an error. */
     void leave_recursion(SidKey key) {
-        Session *s = find(key);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         if (s && s->depth > 0) s->depth -= 1;
     }
 
     int charge_tokens(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
                       uint64_t *budget) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         if (amount > RLM_U64_MAX - s->tokens_used) return RLM_U64_OVERFLOW;
         s->tokens_used += amount;
@@ -752,8 +902,10 @@ class Table {
 
     int charge_time(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
                     uint64_t *budget) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         if (amount > RLM_U64_MAX - s->time_used_ms) return RLM_U64_OVERFLOW;
         s->time_used_ms += amount;
@@ -764,8 +916,10 @@ class Table {
 
     /* A copy of the budget fields of a live session. */
     int budget(SidKey key, int64_t now, Session *out) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         *out = *s;
         out->extras = NULL;
@@ -776,8 +930,10 @@ class Table {
 
     int snapshot_created(SidKey key, int64_t now, const std::string &snap,
                          bool set_current) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         if (cfg.max_snapshots && s->snapshot_count >= cfg.max_snapshots)
             return RLM_MAX_SNAPSHOTS;
@@ -795,8 +951,10 @@ class Table {
     }
 
     int snapshot_restored(SidKey key, int64_t now, const std::string &snap) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         try {
             Extras *ex = extras_of(s);
@@ -809,7 +967,9 @@ class Table {
     }
 
     int current_snapshot(SidKey key, std::string *out, bool *had) {
-        Session *s = find(key);
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s = sh.find(key);
         if (!s) return RLM_NOT_FOUND;
         *had = false;
         if (s->extras && s->extras->has_snapshot) {
@@ -824,8 +984,10 @@ class Table {
     }
 
     int clear_snapshots(SidKey key, int64_t now) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
         Session *s;
-        int st = live(key, now, &s);
+        int st = sh.live(key, now, &s);
         if (st != RLM_OK) return st;
         s->snapshot_count = 0;
         if (s->extras) {
@@ -835,68 +997,76 @@ class Table {
         return RLM_OK;
     }
 
-    /* ---- whole table */
+    /* ---- whole table: every lock, so each is one consistent snapshot */
 
-    Stats stats() const {
-        Stats st;
-        st.created = created_.load(std::memory_order_relaxed);
-        st.active = sessions_.size();
-        st.with_vm = vm_to_session_.size();
-        st.destroyed = destroyed_.load(std::memory_order_relaxed);
-        st.expired = expired_.load(std::memory_order_relaxed);
-        return st;
+    Stats stats() {
+        AllLocks all(*this, true);
+        return stats_locked();
     }
 
     /* Copies of every session, unsorted (rlm_order_by_id sorts them after
-     * the lock is released). */
-    int list(std::vector<SessionCopy> *out) {
+     * the locks are released), and the counters of the same instant. */
+    int list(std::vector<SessionCopy> *out, Stats *stats) {
+        AllLocks all(*this, true);
         try {
-            out->reserve(sessions_.size());
-            for (auto &kv : sessions_) {
-                out->emplace_back();
-                copy_out(kv.first, kv.second, &out->back());
-            }
+            out->reserve(count());
+            for (Shard &sh : shards_)
+                for (auto &kv : sh.sessions) {
+                    out->emplace_back();
+                    copy_out(kv.first, kv.second, &out->back());
+                }
         } catch (const std::bad_alloc &) {
             out->clear();
             return RLM_NOMEM;
         }
+        if (stats) *stats = stats_locked();
         return RLM_OK;
     }
 
-    bool contains(SidKey key) { return find(key) != NULL; }
+    bool contains(SidKey key) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        return sh.find(key) != NULL;
+    }
 
-    /* validate_many: out[i] = 1 if keys[i] is usable now (skip[i]: malformed). */
+    /* validate_many: out[i] = 1 if keys[i] is usable now (skip[i]: malformed),
+     * all at one instant. */
     void validity(const std::vector<SidKey> &keys, const std::vector<char> &skip,
                   int64_t now, char *out) {
-        for (size_t i = 0; i < keys.size(); ++i)
-            out[i] = !skip[i] && status_of(keys[i], now) == RLM_OK;
+        AllLocks all(*this, false);
+        for (size_t i = 0; i < keys.size(); ++i) {
+            Session *s;
+            out[i] = !skip[i] && shard_of(keys[i]).live(keys[i], now, &s) == RLM_OK;
+        }
     }
 
     /* budget_table: one row per session, unsorted (the caller sorts after
      * unlocking). */
     int budget_rows(std::vector<BudgetRow> *out) {
+        AllLocks all(*this, false);
         try {
-            out->resize(sessions_.size());
+            out->resize(count());
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
         size_t i = 0;
-        for (auto &kv : sessions_) {
-            BudgetRow &r = (*out)[i++];
-            const Session &s = kv.second;
-            rlm_key_bytes(kv.first, r.id);
-            r.state = (uint8_t)s.state;
-            r.expires_ns = s.expires_ns;
-            r.tokens_used = s.tokens_used;
-            r.token_budget = s.token_budget;
-            r.time_used_ms = s.time_used_ms;
-            r.time_budget_ms = s.time_budget_ms;
-            r.depth = s.depth;
-            r.max_depth = s.max_depth;
-            r.extension_count = s.extension_count;
-            r.snapshot_count = s.snapshot_count;
-            r.has_vm = s.extras && s.extras->has_vm;
-        }
+        for (Shard &sh : shards_)
+            for (auto &kv : sh.sessions) {
+                BudgetRow &r = (*out)[i++];
+                const Session &s = kv.second;
+                rlm_key_bytes(kv.first, r.id);
+                r.state = (uint8_t)s.state;
+                r.expires_ns = s.expires_ns;
+                r.tokens_used = s.tokens_used;
+                r.token_budget = s.token_budget;
+                r.time_used_ms = s.time_used_ms;
+                r.time_budget_ms = s.time_budget_ms;
+                r.depth = s.depth;
+                r.max_depth = s.max_depth;
+                r.extension_count = s.extension_count;
+                r.snapshot_count = s.snapshot_count;
+                r.has_vm = holds_vm(s);
+            }
         return RLM_OK;
     }
 
@@ -904,12 +1074,14 @@ class Table {
      * or nothing. */
     int restore(const std::vector<SessionCopy> &rows, uint64_t created,
                 uint64_t destroyed, uint64_t expired) {
-        if (!sessions_.empty() || created_.load() != 0) return RLM_NOT_EMPTY;
+        AllLocks all(*this, true);
+        if (count() != 0 || created_.load() != 0) return RLM_NOT_EMPTY;
         try {
-            sessions_.reserve(rows.size());
             for (const SessionCopy &row : rows) {
-                Session &s = sessions_.emplace(row.key, row.s).first->second;
+                Shard &sh = shard_of(row.key);
+                Session &s = sh.sessions.emplace(row.key, row.s).first->second;
                 s.extras = NULL;
+                sh.heap.push_back({row.s.expires_ns, row.key});
                 if (row.has_vm || row.has_snapshot || !row.context.empty()) {
                     Extras *ex = extras_of(&s);
                     ex->context.insert(row.context.begin(), row.context.end());
@@ -925,21 +1097,15 @@ class Table {
                 }
             }
         } catch (const std::bad_alloc &) {
-            for (auto &kv : sessions_) delete kv.second.extras;
-            sessions_.clear();
+            for (Shard &sh : shards_) {
+                for (auto &kv : sh.sessions) delete kv.second.extras;
+                sh.sessions.clear();
+                sh.heap.clear();
+            }
             vm_to_session_.clear();
             return RLM_NOMEM;
         }
-        try {
-            heap_.reserve(rows.size());
-        } catch (const std::bad_alloc &) {
-            for (auto &kv : sessions_) delete kv.second.extras;
-            sessions_.clear();
-            vm_to_session_.clear();
-            return RLM_NOMEM;
-        }
-        for (const SessionCopy &row : rows) heap_.push_back({row.s.expires_ns, row.key});
-        std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
+        for (Shard &sh : shards_) std::make_heap(sh.heap.begin(), sh.heap.end(), ExpiryLater());
         created_.store(created);
         destroyed_.store(destroyed);
         expired_.store(expired);
@@ -947,92 +1113,90 @@ class Table {
     }
 
   private:
-    typedef std::unordered_map<SidKey, Session, SidHash> Map;
-    Map sessions_;
-    /* The expiry index: one (expires_at, id) entry per create and
-     * extension. Entries arriving in expiry order (the usual case: each
-     * create expires after the previous one) go to the FIFO, so the due
-     * ones are its prefix; the others to a min-heap. An entry whose session
-     * is gone or has a later expiry is stale and skipped; stale entries are
-     * purged when they outnumber live sessions. */
-    std::deque<ExpiryEntry> fifo_;
-    std::vector<ExpiryEntry> heap_;
+    enum { NSHARDS = 16 }; /* a power of two */
+
+    Shard shards_[NSHARDS];
+    alignas(64) RlmLock vm_mu_;
     std::unordered_map<std::string, SidKey> vm_to_session_;
-    /* Written under the owner's lock; atomic so readers need none. */
+    /* Counters: written under a shard lock, atomic since shards differ. */
     std::atomic<uint64_t> created_{0};
     std::atomic<uint64_t> destroyed_{0};
     std::atomic<uint64_t> expired_{0};
 
-    /* Index one expiry (may throw bad_alloc, then nothing changed); true
-     * if it went to the FIFO. Purges stale entries first, in place, when
-     * they outnumber the live sessions. */
-    bool push_expiry(int64_t expires, SidKey key) {
-        if (fifo_.size() + heap_.size() >= 2 * sessions_.size() + 1024) purge_expiry();
-        if (fifo_.empty() || expires >= fifo_.back().expires) {
-            fifo_.push_back({expires, key});
-            return true;
+    Shard &shard_of(SidKey key) {
+        /* The top bits of the mixed hash: the maps use it modulo a prime. */
+        return shards_[SidHash()(key) >> (sizeof(size_t) * 8 - 4) & (NSHARDS - 1)];
+    }
+
+    /* vm_mu_ (if asked) and every shard lock, in the lock order. */
+    struct AllLocks {
+        Table &t;
+        bool vm;
+        AllLocks(Table &table, bool with_vm) : t(table), vm(with_vm) {
+            if (vm) t.vm_mu_.lock();
+            for (Shard &sh : t.shards_) sh.mu.lock();
         }
-        heap_.reserve(heap_.size() + 1);
-        heap_.push_back({expires, key});
-        std::push_heap(heap_.begin(), heap_.end(), ExpiryLater());
-        return false;
-    }
-
-    /* Undo the push_expiry(expires, key) just made (cannot throw; only on
-     * the allocation-failure path, so linear is fine). */
-    void unpush_expiry(bool in_fifo, int64_t expires, SidKey key) {
-        if (in_fifo) {
-            fifo_.pop_back();
-            return;
+        ~AllLocks() {
+            for (int i = NSHARDS - 1; i >= 0; --i) t.shards_[i].mu.unlock();
+            if (vm) t.vm_mu_.unlock();
         }
-        for (size_t i = 0; i < heap_.size(); ++i) {
-            if (heap_[i].expires == expires && heap_[i].key == key) {
-                heap_[i] = heap_.back();
-                heap_.pop_back();
-                std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
-                return;
-            }
+    };
+
+    /* The shard locks of two sessions (once if they share a shard), in
+     * index order. */
+    struct PairLock {
+        Shard *a, *b;
+        PairLock(Table &t, SidKey x, SidKey y) {
+            a = &t.shard_of(x);
+            b = &t.shard_of(y);
+            if (b < a) std::swap(a, b);
+            a->mu.lock();
+            if (b != a) b->mu.lock();
         }
+        ~PairLock() {
+            if (b != a) b->mu.unlock();
+            a->mu.unlock();
+        }
+    };
+
+    size_t count() const {
+        size_t n = 0;
+        for (const Shard &sh : shards_) n += sh.sessions.size();
+        return n;
     }
 
-    bool live_entry(const ExpiryEntry &e) {
-        auto it = sessions_.find(e.key);
-        return it != sessions_.end() && it->second.expires_ns == e.expires;
+    Stats stats_locked() const {
+        Stats st;
+        st.created = created_.load(std::memory_order_relaxed);
+        st.active = count();
+        st.with_vm = vm_to_session_.size();
+        st.destroyed = destroyed_.load(std::memory_order_relaxed);
+        st.expired = expired_.load(std::memory_order_relaxed);
+        return st;
     }
 
-    void purge_expiry() {
-        fifo_.erase(std::remove_if(fifo_.begin(), fifo_.end(),
-                                   [this](const ExpiryEntry &e) { return !live_entry(e); }),
-                    fifo_.end());
-        heap_.erase(std::remove_if(heap_.begin(), heap_.end(),
-                                   [this](const ExpiryEntry &e) { return !live_entry(e); }),
-                    heap_.end());
-        std::make_heap(heap_.begin(), heap_.end(), ExpiryLater());
-    }
-
-    Session *find(SidKey key) {
-        auto it = sessions_.find(key);
-        return it == sessions_.end() ? NULL : &it->second;
-    }
+    static bool holds_vm(const Session &s) { return s.extras && s.extras->has_vm; }
 
     static Extras *extras_of(Session *s) { /* may throw bad_alloc */
         if (!s->extras) s->extras = new Extras();
         return s->extras;
     }
 
-    /* Drop the session's VM from both maps, if the map entry is its own. */
+    /* Drop the session's VM from both maps, if the map entry is its own
+     * (caller holds vm_mu_ and the session's shard lock). */
     void unmap_vm(SidKey key, Session *s) {
-        if (!s->extras || !s->extras->has_vm) return;
+        if (!holds_vm(*s)) return;
         auto it = vm_to_session_.find(s->extras->vm);
         if (it != vm_to_session_.end() && it->second == key) vm_to_session_.erase(it);
         s->extras->has_vm = false;
         s->extras->vm.clear();
     }
 
-    void remove(Map::iterator it) {
+    /* Caller holds the shard's lock, and vm_mu_ if the session holds a VM. */
+    void remove(Shard &sh, Shard::Map::iterator it) {
         unmap_vm(it->first, &it->second);
         delete it->second.extras;
-        sessions_.erase(it);
+        sh.sessions.erase(it);
     }
 
     static void copy_out(SidKey key, const Session &s, SessionCopy *out) {

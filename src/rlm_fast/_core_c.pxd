@@ -10,7 +10,7 @@
         status = rlm_charge_tokens(t, sid16, rlm_now_ns(), 120, &total)
 
 A session id is its 16 big-endian bytes (`SessionId.bytes`). Each `rlm_*`
-function takes the table's lock itself, does one atomic step, returns an
+function takes the table's locks itself, does one atomic step, returns an
 `RlmStatus` code and never raises; call them without the GIL. `now_ns` is
 the time the call decides expiry by: `rlm_now_ns()` (the wall clock the
 manager's checks use), or your own for a manager made with a `clock`. Build with
@@ -65,7 +65,7 @@ cdef extern from "_core_c.h" nogil:
     ctypedef struct BudgetRow:
         pass
 
-    SidKey rlm_key_from_bytes(const unsigned char *)
+    SidKey rlm_key_from_bytes(const unsigned char *)  # 16 big-endian bytes
     void rlm_sort_rows(vector[BudgetRow] &)
 
     ctypedef struct Stats:
@@ -75,14 +75,8 @@ cdef extern from "_core_c.h" nogil:
         uint64_t destroyed
         uint64_t expired
 
-    cdef cppclass RlmLock:
-        void lock()
-        void unlock()
-        cbool try_lock()
-
     cdef cppclass Table:
         Config cfg
-        RlmLock mu
         size_t size()
         int create(SidKey, int64_t, int64_t, SessionCopy *)
         int get(SidKey, SessionCopy *)
@@ -115,7 +109,7 @@ cdef extern from "_core_c.h" nogil:
         int current_snapshot(SidKey, string *, cbool *)
         int clear_snapshots(SidKey, int64_t)
         Stats stats()
-        int list(vector[SessionCopy] *)
+        int list(vector[SessionCopy] *, Stats *)
         cbool contains(SidKey)
         void validity(const vector[SidKey] &, const vector[char] &, int64_t, char *)
         int budget_rows(vector[BudgetRow] *)
@@ -155,7 +149,7 @@ cdef class SessionId:
 
 
 cdef class SessionManager:
-    cdef Table *_t  # owned; its lock `_t.mu` guards everything behind it
+    cdef Table *_t  # owned; it takes its own (striped) locks
     cdef object _clock
     cdef object _config
     cdef int64_t _now(self) except? -1

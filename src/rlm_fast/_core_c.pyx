@@ -318,14 +318,6 @@ cdef inline int _state_code(object state) except -1:
     return STATE_CODE[coerce_state(state)]
 
 
-cdef inline void _acquire(Table *t) noexcept:
-    """Take the table's lock while holding the GIL: release the GIL before
-    blocking, so the holder (maybe a nogil scan) and other threads go on."""
-    if not t.mu.try_lock():
-        with nogil:
-            t.mu.lock()
-
-
 cdef int _fail(int status, SidKey key, str operation) except -1:
     """Raise the error of a status every session call shares."""
     if status == RLM_NOT_FOUND:
@@ -707,9 +699,7 @@ cdef class _Recursion:
         return self._manager._increment(self._key)
 
     def __exit__(self, *exc):
-        _acquire(self._manager._t)
         self._manager._t.leave_recursion(self._key)
-        self._manager._t.mu.unlock()
         return None
 
 
@@ -780,9 +770,7 @@ cdef class SessionManager:
         while True:
             if rlm_new_key(now // 1000000, &k) != 0:
                 raise OSError("the operating system's random source failed")
-            _acquire(self._t)
             st = self._t.create(k, now, now + self._t.cfg.duration_ns, &c)
-            self._t.mu.unlock()
             if st != RLM_DUPLICATE:
                 break  # never reuse a live id, however unlikely
         if st != RLM_OK:
@@ -794,9 +782,7 @@ cdef class SessionManager:
         cdef SessionCopy c
         cdef int st
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.get(k, &c)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_session")
         return _info(&c)
@@ -807,9 +793,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef int code = _state_code(state)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.update_state(k, now, code)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "update_session_state")
 
@@ -824,9 +808,7 @@ cdef class SessionManager:
         else:
             _key(session_id, &k)  # the other core's SessionId, or TypeError
         cdef int64_t now = self._now()
-        _acquire(self._t)
         valid = self._t.is_valid(k, now)
-        self._t.mu.unlock()
         return valid != 0
 
     def validate_session(self, session_id):
@@ -835,9 +817,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.validate(k, now, &c)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "validate")
         return _info(&c)
@@ -848,9 +828,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.extend(k, now, &c)
-        self._t.mu.unlock()
         if st == RLM_MAX_EXTENSIONS:
             raise MaxExtensionsReached(_sid(k), self._t.cfg.max_extensions)
         if st == RLM_TIME_OVERFLOW:
@@ -863,9 +841,7 @@ cdef class SessionManager:
         cdef SidKey k
         cdef int st
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.destroy(k)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "destroy_session")
 
@@ -875,9 +851,7 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         with nogil:  # the work runs without the GIL: other threads go on
-            self._t.mu.lock()
             st = self._t.cleanup(now, &gone)
-            self._t.mu.unlock()
             if not is_sorted(gone.begin(), gone.end()):  # often already in order
                 sort(gone.begin(), gone.end())
         if st != RLM_OK:
@@ -899,9 +873,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(vm_instance_id, "vm_instance_id", True, &vm)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.assign_vm(k, now, vm)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "assign_vm")
 
@@ -911,9 +883,7 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.release_vm(k, &vm, &had)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "release_vm")
         return _text(vm) if had else None
@@ -924,9 +894,7 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.get_vm(k, &vm, &had)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_assigned_vm")
         return _text(vm) if had else None
@@ -936,9 +904,7 @@ cdef class SessionManager:
         cdef SidKey k
         cdef cbool found = False
         _utf8(vm_instance_id, "vm_instance_id", True, &vm)
-        _acquire(self._t)
         found = self._t.session_for_vm(vm, &k)
-        self._t.mu.unlock()
         return _sid(k) if found else None
 
     # -- context variables ------------------------------------------------------
@@ -951,9 +917,7 @@ cdef class SessionManager:
         _utf8(key, "key", False, &name)
         _utf8(value, "value", False, &text)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.set_context(k, now, name, text)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "set_context_variable")
 
@@ -964,9 +928,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         _utf8(key, "key", False, &name)
-        _acquire(self._t)
         st = self._t.get_context(k, name, &text, &had)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_context_variable")
         return _text(text) if had else None
@@ -977,9 +939,7 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.all_context(k, &c)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_all_context_variables")
         cdef dict out = {}
@@ -995,9 +955,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(key, "key", False, &name)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.delete_context(k, now, name, &text, &had)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "delete_context_variable")
         return _text(text) if had else None
@@ -1012,11 +970,9 @@ cdef class SessionManager:
             raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
         cdef BudgetStatus b = _budget_of(budget)  # the twin's, converted
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.update_budget(k, now, b.token_budget, b.tokens_used, b.time_budget_ms,
                                    b.time_used_ms, b.max_recursion_depth,
                                    b.current_recursion_depth)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "update_budget")
 
@@ -1029,9 +985,7 @@ cdef class SessionManager:
         cdef uint64_t depth = 0, maximum = 0
         cdef int st
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.increment(k, now, &depth, &maximum)
-        self._t.mu.unlock()
         if st == RLM_DEPTH_EXCEEDED:
             raise RecursionDepthExceeded(<object>depth + 1, maximum)
         if st != RLM_OK:
@@ -1044,9 +998,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.decrement(k, now, &depth)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "decrement_recursion_depth")
         return depth
@@ -1065,9 +1017,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef uint64_t amount = _u64(tokens, "tokens")
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.charge_tokens(k, now, amount, &total, &budget)
-        self._t.mu.unlock()
         if st == RLM_OK:
             return total
         if st == RLM_TOKENS_OVER:
@@ -1083,9 +1033,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         cdef uint64_t amount = _u64(elapsed_ms, "elapsed_ms")
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.charge_time(k, now, amount, &total, &budget)
-        self._t.mu.unlock()
         if st == RLM_OK:
             return total
         if st == RLM_TIME_OVER:
@@ -1100,9 +1048,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.budget(k, now, &s)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "check_budget")
         if s.tokens_used >= s.token_budget:
@@ -1126,9 +1072,7 @@ cdef class SessionManager:
             raise TypeError("set_as_current must be a bool")
         cdef cbool current = set_as_current
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.snapshot_created(k, now, snap, current)
-        self._t.mu.unlock()
         if st == RLM_MAX_SNAPSHOTS:
             raise MaxSnapshotsReached(self._t.cfg.max_snapshots)
         if st != RLM_OK:
@@ -1141,9 +1085,7 @@ cdef class SessionManager:
         _key(session_id, &k)
         _utf8(snapshot_id, "snapshot_id", False, &snap)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.snapshot_restored(k, now, snap)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "record_snapshot_restored")
 
@@ -1153,9 +1095,7 @@ cdef class SessionManager:
         cdef cbool had = False
         cdef int st
         _key(session_id, &k)
-        _acquire(self._t)
         st = self._t.current_snapshot(k, &snap, &had)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "get_current_snapshot")
         return _text(snap) if had else None
@@ -1165,9 +1105,7 @@ cdef class SessionManager:
         cdef int st
         _key(session_id, &k)
         cdef int64_t now = self._now()
-        _acquire(self._t)
         st = self._t.clear_snapshots(k, now)
-        self._t.mu.unlock()
         if st != RLM_OK:
             _fail(st, k, "clear_snapshot_tracking")
 
@@ -1175,9 +1113,7 @@ cdef class SessionManager:
 
     def get_stats(self):
         cdef Stats s
-        _acquire(self._t)
         s = self._t.stats()
-        self._t.mu.unlock()
         return _stats(s)
 
     def list_sessions(self):
@@ -1185,9 +1121,7 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         cdef vector[size_t] order
-        _acquire(self._t)
-        st = self._t.list(&rows)
-        self._t.mu.unlock()
+        st = self._t.list(&rows, NULL)
         if st == RLM_OK:
             with nogil:
                 st = rlm_order_by_id(rows, &order)
@@ -1229,9 +1163,7 @@ cdef class SessionManager:
         out = PyByteArray_FromStringAndSize(NULL, keys.size())
         cdef char *dst = PyByteArray_AS_STRING(out)
         with nogil:
-            self._t.mu.lock()
             self._t.validity(keys, skip, now, dst)
-            self._t.mu.unlock()
         return np.frombuffer(out, dtype=bool)
 
     def budget_table(self):
@@ -1241,9 +1173,7 @@ cdef class SessionManager:
         cdef vector[BudgetRow] rows
         cdef int st
         with nogil:
-            self._t.mu.lock()
             st = self._t.budget_rows(&rows)
-            self._t.mu.unlock()
             if st == RLM_OK:
                 rlm_sort_rows(rows)
         if st != RLM_OK:
@@ -1260,10 +1190,7 @@ cdef class SessionManager:
         cdef int st
         cdef size_t i
         cdef vector[size_t] order
-        _acquire(self._t)
-        st = self._t.list(&rows)
-        s = self._t.stats()
-        self._t.mu.unlock()
+        st = self._t.list(&rows, &s)
         if st == RLM_OK:
             st = rlm_order_by_id(rows, &order)
         if st != RLM_OK:
@@ -1281,9 +1208,7 @@ cdef class SessionManager:
             info = row if type(row) is SessionInfo else SessionInfo._trusted(*row._astuple())
             rows.push_back(info.c)
         cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
-        _acquire(self._t)
         st = self._t.restore(rows, created, destroyed, expired)
-        self._t.mu.unlock()
         if st == RLM_NOT_EMPTY:
             raise ValueError("restore needs a new, empty manager")
         if st != RLM_OK:
@@ -1304,9 +1229,7 @@ cdef class SessionManager:
 
     def __len__(self):
         cdef size_t n
-        _acquire(self._t)
         n = self._t.size()
-        self._t.mu.unlock()
         return n
 
     def __contains__(self, session_id):
@@ -1321,9 +1244,7 @@ cdef class SessionManager:
             return False
         else:
             _key(session_id, &k)
-        _acquire(self._t)
         found = self._t.contains(k)
-        self._t.mu.unlock()
         return found
 
     def __repr__(self):
@@ -1337,17 +1258,6 @@ cdef class SessionManager:
 # the nogil C API declared in _core_c.pxd
 # ---------------------------------------------------------------------------
 
-cdef inline SidKey _key16(const unsigned char *b) noexcept nogil:
-    cdef SidKey k
-    cdef int i
-    k.hi = 0
-    k.lo = 0
-    for i in range(8):
-        k.hi = (k.hi << 8) | b[i]
-        k.lo = (k.lo << 8) | b[8 + i]
-    return k
-
-
 cdef Table *rlm_table(SessionManager manager) noexcept:
     return manager._t
 
@@ -1357,50 +1267,32 @@ cdef int64_t rlm_now_ns() noexcept nogil:
 
 
 cdef int rlm_is_valid(Table *t, const unsigned char *sid, int64_t now_ns) noexcept nogil:
-    t.mu.lock()
-    cdef int st = t.status_of(_key16(sid), now_ns)
-    t.mu.unlock()
-    return st
+    return t.status_of(rlm_key_from_bytes(sid), now_ns)
 
 
 cdef int rlm_charge_tokens(Table *t, const unsigned char *sid, int64_t now_ns,
                            uint64_t amount, uint64_t *total) noexcept nogil:
     cdef uint64_t budget
-    t.mu.lock()
-    cdef int st = t.charge_tokens(_key16(sid), now_ns, amount, total, &budget)
-    t.mu.unlock()
-    return st
+    return t.charge_tokens(rlm_key_from_bytes(sid), now_ns, amount, total, &budget)
 
 
 cdef int rlm_charge_time(Table *t, const unsigned char *sid, int64_t now_ns,
                          uint64_t amount_ms, uint64_t *total) noexcept nogil:
     cdef uint64_t budget
-    t.mu.lock()
-    cdef int st = t.charge_time(_key16(sid), now_ns, amount_ms, total, &budget)
-    t.mu.unlock()
-    return st
+    return t.charge_time(rlm_key_from_bytes(sid), now_ns, amount_ms, total, &budget)
 
 
 cdef int rlm_depth_up(Table *t, const unsigned char *sid, int64_t now_ns,
                       uint64_t *depth) noexcept nogil:
     cdef uint64_t maximum
-    t.mu.lock()
-    cdef int st = t.increment(_key16(sid), now_ns, depth, &maximum)
-    t.mu.unlock()
-    return st
+    return t.increment(rlm_key_from_bytes(sid), now_ns, depth, &maximum)
 
 
 cdef int rlm_depth_down(Table *t, const unsigned char *sid, int64_t now_ns,
                         uint64_t *depth) noexcept nogil:
-    t.mu.lock()
-    cdef int st = t.decrement(_key16(sid), now_ns, depth)
-    t.mu.unlock()
-    return st
+    return t.decrement(rlm_key_from_bytes(sid), now_ns, depth)
 
 
 cdef int rlm_vm_of(Table *t, const unsigned char *sid, char *buf, size_t size,
                    size_t *length) noexcept nogil:
-    t.mu.lock()
-    cdef int st = t.copy_vm(_key16(sid), buf, size, length)
-    t.mu.unlock()
-    return st
+    return t.copy_vm(rlm_key_from_bytes(sid), buf, size, length)

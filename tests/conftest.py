@@ -1,5 +1,6 @@
 """One suite, every implementation: the `core` fixture hands each test the
-pure-Python twin and the compiled core in turn (STYLE habit 4)."""
+pure-Python twin, the compiled core and the Redis-backed manager in turn
+(STYLE habit 4). Tests marked `in_process(reason)` skip the Redis one."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import types
 
 import pytest
 
+from redis_server import RedisServer, redis_core
+from redis_server import unavailable as redis_unavailable
 from rlm_fast import _budget_py, _core_py
 
 try:
@@ -19,6 +22,7 @@ except ImportError as exc:  # not built
     _C_MISSING = f"compiled core not built ({exc})"
 else:
     _C_MISSING = ""
+
 
 def _namespace(name: str, core: types.ModuleType, budget: types.ModuleType) -> types.SimpleNamespace:
     return types.SimpleNamespace(
@@ -35,16 +39,43 @@ def _namespace(name: str, core: types.ModuleType, budget: types.ModuleType) -> t
 PY = _namespace("python", _core_py, _budget_py)
 C = None if _core_c is None else _namespace("cython", _core_c, _budget_c)
 
+_REDIS_MISSING = redis_unavailable()  # why the Redis core cannot run, or ""
+
 CORE_PARAMS = [
     pytest.param(PY, id="python"),
     pytest.param(C, id="cython", marks=pytest.mark.skipif(C is None, reason=_C_MISSING or "built")),
+    pytest.param(
+        "redis",
+        id="redis",
+        marks=pytest.mark.skipif(bool(_REDIS_MISSING), reason=_REDIS_MISSING or "available"),
+    ),
 ]
+
+
+@pytest.fixture(scope="session")
+def redis_server():  # type: ignore[no-untyped-def]
+    """One redis-server on 127.0.0.1 for the whole run, stopped by its pid."""
+    if _REDIS_MISSING:
+        pytest.skip(_REDIS_MISSING)
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_namespace(redis_server):  # type: ignore[no-untyped-def]
+    return redis_core(redis_server)
 
 
 @pytest.fixture(params=CORE_PARAMS)
 def core(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     """The implementation under test: .name, .SessionId, .SessionManager,
     .SessionInfo, .BudgetStatus, .SessionStats, .BudgetTracker."""
+    if request.param == "redis":
+        marker = request.node.get_closest_marker("in_process")
+        if marker is not None:
+            pytest.skip(f"in-process cores only: {marker.args[0]}")
+        return request.getfixturevalue("redis_namespace")
     return request.param
 
 

@@ -368,6 +368,7 @@ print("ok")
 """
 
 
+@pytest.mark.in_process("a crash guard for the compiled module, run in a subprocess per core module")
 def test_many_rejected_calls_do_not_crash(core) -> None:
     # SPEC 7: nothing crashes the interpreter. Run apart, so a crash is a
     # failed test and not the end of the run (STYLE habit 9).

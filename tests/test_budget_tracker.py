@@ -23,6 +23,8 @@ from rlm_fast import (
     TokenBudgetExceeded,
 )
 
+pytestmark = pytest.mark.in_process("BudgetTracker is in-process only; the Redis manager has no tracker of its own")
+
 U64_MAX = 2**64 - 1
 MS = 1_000_000  # ns
 

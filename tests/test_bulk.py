@@ -103,6 +103,7 @@ def test_budget_table_of_an_empty_manager(make_manager) -> None:
     assert len(t) == 0 and list(t.dtype.names) == FIELDS
 
 
+@pytest.mark.in_process("runs the core module in a subprocess")
 def test_the_scalar_api_never_needs_numpy(core) -> None:
     # numpy made unimportable: import and scalar calls work, the bulk API
     # says what it needs.

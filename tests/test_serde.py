@@ -24,6 +24,8 @@ from rlm_fast import (
 )
 from rlm_fast._serde import format_timestamp, parse_timestamp
 
+pytestmark = pytest.mark.in_process("the result types and their JSON are the in-process cores'; the Redis manager returns the active core's")
+
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 U64_MAX = 2**64 - 1
 I64_MIN, I64_MAX = -(2**63), 2**63 - 1

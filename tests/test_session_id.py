@@ -17,6 +17,8 @@ import pytest
 import rlm_fast
 from rlm_fast import InvalidSessionToken
 
+pytestmark = pytest.mark.in_process("SessionId is the in-process cores' type; the Redis manager uses rlm_fast.SessionId")
+
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: no I L O U
 RANDOM_MASK = (1 << 80) - 1
 U128_MAX = 2**128 - 1

@@ -1,15 +1,17 @@
 # cython: language_level=3, freethreading_compatible=True, binding=False
 # cython: boundscheck=False, wraparound=False, cdivision=False
 # distutils: language = c++
-"""Compiled session core: `SessionId` and `SessionManager`, same behaviour as
-`_core_py.py` (the specification), with the table in C++ memory.
+"""Compiled session core: `SessionId`, `SessionManager` and C-backed result
+classes, the same behaviour as `_core_py.py` (the specification), with the
+table in C++ memory.
 
-Each manager owns a `Table` (see `_core_c.h`), which carries its lock. Every
-method converts its arguments (ids parsed, strings encoded, the clock read)
-before taking the lock, does only C++ work under it (no Python object is
-created, freed or raised there), and builds its result or exception after
-releasing it from a plain C copy. `_core_c.pxd` declares the same table and
-a nogil C API for other Cython extensions.
+Each manager owns a `Table` (`_core_c.h`): 16 shards, each with its own
+lock, plus a lock for the VM map; `Table` methods take the locks they need.
+Every method here converts its arguments (ids parsed, strings encoded, the
+clock read) before calling into the table, where only C++ work runs under a
+lock (no Python object is created, freed or raised there), and builds its
+result or exception afterwards from a plain C copy. `_core_c.pxd` declares
+the table and a nogil C API for other Cython extensions.
 """
 
 cimport cython

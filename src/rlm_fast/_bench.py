@@ -129,7 +129,7 @@ def compare(ops: dict[str, str] | None = None, *, quick: bool = False) -> list[t
     floor = _core_c._Floor() if _core_c is not None else None
     ops = OPS if ops is None else ops
     budget = 0.01 if quick else 0.05
-    results = []
+    results: list[tuple[str, float, float | None]] = []
     py = workload(_core_py, floor)
     c = workload(_core_c, floor) if _core_c is not None else None
     for name, stmt in ops.items():
@@ -282,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="also RSS per session (1M)")
     parser.add_argument("--cleanup", action="store_true", help="also cleanup over 1M sessions")
     parser.add_argument("--scaling", action="store_true", help="also 1 vs 2 threads")
+    parser.add_argument("--redis", metavar="URL",
+                        help="also time a RedisSessionManager at URL (redis://host:port)")
     parser.add_argument("--sessions", type=int, default=1_000_000,
                         help="sessions for --memory/--cleanup (default 1,000,000)")
     args = parser.parse_args(argv)
@@ -293,6 +295,19 @@ def main(argv: list[str] | None = None) -> int:
           f" (GIL {'on' if gil else 'off'}), {LIVE_SESSIONS:,} live sessions, "
           f"best of 5, ns per call")
     print_table(compare(quick=args.quick))
+    if args.redis:
+        from . import _bench_redis
+
+        print(f"\nRedisSessionManager at {args.redis} beside the in-process table "
+              "(ops/s, 1 and 8 client threads, each on its own session)")
+        seconds = 0.3 if args.quick else 1.0
+        import rlm_fast
+
+        _bench_redis.print_table([
+            ("redis", _bench_redis.bench_redis(args.redis, seconds=seconds)),
+            (rlm_fast.IMPLEMENTATION, _bench_redis.run_table(
+                lambda: rlm_fast.SessionManager(bench_config()), seconds=seconds)),
+        ])
     n = args.sessions
     if args.memory:
         print(f"\nmemory: RSS growth per session over {n:,} sessions (no VM, no context)")

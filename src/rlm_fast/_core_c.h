@@ -888,30 +888,14 @@ class Table {
 
     int charge_tokens(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
                       uint64_t *budget) {
-        Shard &sh = shard_of(key);
-        RlmGuard g(sh.mu);
-        Session *s;
-        int st = sh.live(key, now, &s);
-        if (st != RLM_OK) return st;
-        if (amount > RLM_U64_MAX - s->tokens_used) return RLM_U64_OVERFLOW;
-        s->tokens_used += amount;
-        *total = s->tokens_used;
-        *budget = s->token_budget;
-        return *total > *budget ? RLM_TOKENS_OVER : RLM_OK;
+        return charge(key, now, amount, &Session::tokens_used, &Session::token_budget,
+                      RLM_TOKENS_OVER, total, budget);
     }
 
     int charge_time(SidKey key, int64_t now, uint64_t amount, uint64_t *total,
                     uint64_t *budget) {
-        Shard &sh = shard_of(key);
-        RlmGuard g(sh.mu);
-        Session *s;
-        int st = sh.live(key, now, &s);
-        if (st != RLM_OK) return st;
-        if (amount > RLM_U64_MAX - s->time_used_ms) return RLM_U64_OVERFLOW;
-        s->time_used_ms += amount;
-        *total = s->time_used_ms;
-        *budget = s->time_budget_ms;
-        return *total > *budget ? RLM_TIME_OVER : RLM_OK;
+        return charge(key, now, amount, &Session::time_used_ms, &Session::time_budget_ms,
+                      RLM_TIME_OVER, total, budget);
     }
 
     /* A copy of the budget fields of a live session. */
@@ -1176,6 +1160,23 @@ class Table {
     }
 
     static bool holds_vm(const Session &s) { return s.extras && s.extras->has_vm; }
+
+    /* Add `amount` to the session's `used` counter; a total past 2**64-1
+     * is refused whole, one past `budget` is kept (it was spent) and
+     * reported as `over`. */
+    int charge(SidKey key, int64_t now, uint64_t amount, uint64_t Session::*used,
+               uint64_t Session::*limit, int over, uint64_t *total, uint64_t *budget) {
+        Shard &sh = shard_of(key);
+        RlmGuard g(sh.mu);
+        Session *s;
+        int st = sh.live(key, now, &s);
+        if (st != RLM_OK) return st;
+        if (amount > RLM_U64_MAX - s->*used) return RLM_U64_OVERFLOW;
+        s->*used += amount;
+        *total = s->*used;
+        *budget = s->*limit;
+        return *total > *budget ? over : RLM_OK;
+    }
 
     static Extras *extras_of(Session *s) { /* may throw bad_alloc */
         if (!s->extras) s->extras = new Extras();

@@ -15,7 +15,7 @@ import re
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, final
 
 from ._types import (
     I64_MAX,
@@ -98,6 +98,7 @@ def _random_value(ms: int) -> int:
     return (ms << 80) | int.from_bytes(os.urandom(10), "big")
 
 
+@final  # __init_subclass__ refuses subclasses at runtime
 class SessionId:
     """A session id: a ULID, used as a bearer token (so its 80 random bits
     come from the OS CSPRNG). Immutable, hashable, ordered like its int."""
@@ -597,34 +598,41 @@ class SessionManager:
         return _Recursion(self, _key(session_id))
 
     def charge_tokens(self, session_id: SessionId | str, tokens: int) -> int:
-        key = _key(session_id)
-        amount = check_u64(tokens, "tokens")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "charge_tokens")
-            total = session.tokens_used + amount
-            if total > U64_MAX:
-                raise ValueError(MSG_TOKENS_OVERFLOW)
-            session.tokens_used = total
-            budget = session.token_budget
-        if total > budget:
-            raise TokenBudgetExceeded(total, budget)  # spent: the charge stays
-        return total
+        return self._charge(
+            _key(session_id), check_u64(tokens, "tokens"), "charge_tokens",
+            "tokens_used", "token_budget", TokenBudgetExceeded, MSG_TOKENS_OVERFLOW,
+        )
 
     def charge_time(self, session_id: SessionId | str, elapsed_ms: int) -> int:
-        key = _key(session_id)
-        amount = check_u64(elapsed_ms, "elapsed_ms")
+        return self._charge(
+            _key(session_id), check_u64(elapsed_ms, "elapsed_ms"), "charge_time",
+            "time_used_ms", "time_budget_ms", TimeBudgetExceeded, MSG_TIME_OVERFLOW,
+        )
+
+    def _charge(
+        self,
+        key: int,
+        amount: int,
+        operation: str,
+        used: str,
+        limit: str,
+        over: type[TokenBudgetExceeded] | type[TimeBudgetExceeded],
+        overflow: str,
+    ) -> int:
+        """Add `amount` to the session's `used` counter. A total past
+        2**64-1 is refused whole; one past the budget is kept (it was
+        spent), then raised."""
         now = self._now()
         with self._lock:
-            session = self._live(key, now, "charge_time")
-            total = session.time_used_ms + amount
+            session = self._live(key, now, operation)
+            total = getattr(session, used) + amount
             if total > U64_MAX:
-                raise ValueError(MSG_TIME_OVERFLOW)
-            session.time_used_ms = total
-            budget = session.time_budget_ms
+                raise ValueError(overflow)
+            setattr(session, used, total)
+            budget = getattr(session, limit)
         if total > budget:
-            raise TimeBudgetExceeded(total, budget)
-        return total
+            raise over(total, budget)
+        return int(total)
 
     def check_budget(self, session_id: SessionId | str) -> BudgetStatus:
         key = _key(session_id)

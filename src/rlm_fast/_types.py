@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, SupportsInt, cast
 
 from .config import (
     DEFAULT_MAX_RECURSION_DEPTH,
     DEFAULT_TIME_BUDGET_MS,
     DEFAULT_TOKEN_BUDGET,
 )
+from .errors import show_int
 
 __all__ = [
     "SessionState",
@@ -49,7 +50,7 @@ def foreign_session_id(value: object) -> int | None:
     one process, e.g. by the test suite or a pickle), else None."""
     cls = type(value)
     if cls.__name__ == "SessionId" and cls.__module__ in ("rlm_fast", "rlm_fast._core_c"):
-        return int(value)  # type: ignore[call-overload]
+        return int(cast(SupportsInt, value))
     return None
 
 
@@ -87,7 +88,7 @@ def check_u64(value: object, name: str) -> int:
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
         value = int(value)  # an int subclass: keep only its value
     if value < 0 or value > U64_MAX:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {value}")
+        raise ValueError(f"{name} must be in 0..2**64-1, got {show_int(value)}")
     return value
 
 
@@ -115,7 +116,7 @@ def check_clock_value(value: object) -> int:
             )
         value = int(value)
     if value < I64_MIN or value > I64_MAX:
-        raise ValueError(f"clock returned {value}, outside the int64 range")
+        raise ValueError(f"clock returned {show_int(value)}, outside the int64 range")
     return value
 
 
@@ -328,7 +329,7 @@ class BudgetStatus:
     def __eq__(self, other: object) -> bool:
         if result_kind(other) != "BudgetStatus":
             return NotImplemented
-        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+        return self._astuple() == cast(BudgetStatus, other)._astuple()
 
     def __hash__(self) -> int:
         return hash(self._astuple())
@@ -341,7 +342,7 @@ class BudgetStatus:
 
     def replace(self, **changes: int) -> "BudgetStatus":
         """A copy with some fields changed (like `dataclasses.replace`)."""
-        return budget_replace(self, **changes)
+        return cast(BudgetStatus, budget_replace(self, **changes))
 
     def tokens_exhausted(self) -> bool:
         return self.tokens_used >= self.token_budget
@@ -488,7 +489,7 @@ class SessionInfo:
             # Depth has one source of truth (SPEC 4.8).
             budget_status = budget_status.replace(current_recursion_depth=depth)
         context: dict[str, str] = {}
-        for key, value in sorted((context_variables or {}).items()):
+        for key, value in sorted((context_variables or {}).items()):  # type: ignore[assignment]  # `value` was an int above
             context[check_str(key, "context key")] = check_str(value, "context value")
         setattr_ = object.__setattr__
         setattr_(self, "id", id)
@@ -618,7 +619,7 @@ class SessionInfo:
     def __eq__(self, other: object) -> bool:
         if result_kind(other) != "SessionInfo":
             return NotImplemented
-        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+        return self._astuple() == cast(SessionInfo, other)._astuple()
 
     def __hash__(self) -> int:
         return info_hash(self)
@@ -705,7 +706,7 @@ class SessionStats:
     def __eq__(self, other: object) -> bool:
         if result_kind(other) != "SessionStats":
             return NotImplemented
-        return self._astuple() == other._astuple()  # type: ignore[attr-defined]
+        return self._astuple() == cast(SessionStats, other)._astuple()
 
     def __hash__(self) -> int:
         return hash(self._astuple())

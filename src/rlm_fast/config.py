@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, show_int
 
 __all__ = (
     "DEFAULT_TOKEN_BUDGET",
@@ -343,7 +343,7 @@ def _check_int(name: str, value: object) -> None:
         raise ConfigError(f"{name} must be an int, got {_type_name(value)}")
     limit = _MAX_DURATION_SECS if name in _DURATION_FIELDS else _U64_MAX
     if not 0 <= value <= limit:
-        raise ConfigError(f"{name} must be between 0 and {limit}, got {value}")
+        raise ConfigError(f"{name} must be between 0 and {limit}, got {show_int(value)}")
 
 
 def _check_list(name: str, value: object, item_type: type, item_desc: str) -> list[Any]:

@@ -172,6 +172,14 @@ class McpError(_McpErrorRequired, total=False):
     data: dict[str, object]
 
 
+def show_int(value: int) -> str:
+    """An int for an error message: its digits, or its size when printing
+    it would be long (or refused: Python caps int->str at 4300 digits)."""
+    if value.bit_length() <= 128:
+        return str(value)
+    return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"
+
+
 class RlmError(Exception):
     """Base class of every rlm_fast error (the crate's ``RlmError`` enum).
 

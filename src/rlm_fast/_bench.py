@@ -19,7 +19,7 @@ import threading
 import time
 import timeit
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from ._types import BudgetStatus, SessionState
 from .config import RlmConfig
@@ -89,9 +89,13 @@ def bench_config() -> RlmConfig:
 
 
 def workload(module: ModuleType, floor: Any) -> dict[str, Any]:
-    """A manager with LIVE_SESSIONS sessions (half with a VM and a context
-    variable) and the names the statements in OPS use."""
-    m = module.SessionManager(bench_config())
+    """The names the statements in OPS use, for a manager of `module`."""
+    return fill_workload(module.SessionManager(bench_config()), floor)
+
+
+def fill_workload(m: Any, floor: Any = None) -> dict[str, Any]:
+    """Fill `m` with LIVE_SESSIONS sessions (half with a VM and a context
+    variable) and return the names the statements in OPS use."""
     ids = [m.create_session().id for _ in range(LIVE_SESSIONS)]
     for n, sid in enumerate(ids[::2]):
         m.assign_vm(sid, f"vm-{n}")

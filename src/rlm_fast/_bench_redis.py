@@ -14,7 +14,6 @@ redis-py has hiredis for parsing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from rlm_fast import BudgetStatus, SessionState
@@ -149,40 +148,6 @@ def bench_redis(
             live=live,
             ops=ops,
         )
-    finally:
-        _drop_namespace(client, namespace)
-        client.close()
-
-
-@contextlib.contextmanager
-def redis_workload(url: str, *, live: int = 10_000) -> Iterator[dict[str, Any]]:
-    """The names the statements of `rlm_fast._bench.OPS` use (m, sid,
-    sid_s, vm, state, budget), for a RedisSessionManager at `url` holding
-    `live` sessions like the in-process workload; the namespace is deleted
-    on exit. For the compare table: `time_op(stmt, names)` per operation."""
-    import redis
-
-    from rlm_fast.redis import RedisSessionManager
-
-    client = redis.Redis.from_url(url)
-    namespace = f"bench-{uuid.uuid4().hex[:8]}"
-    try:
-        m = RedisSessionManager(client, bench_config(), namespace=namespace)
-        ids = [m.create_session().id for _ in range(live)]
-        for n, sid in enumerate(ids[::2]):
-            m.assign_vm(sid, f"vm-{n}")
-            m.set_context_variable(sid, "k", "v")
-        sid = ids[len(ids) // 2] if ids else m.create_session().id
-        m.set_context_variable(sid, "k", "v")
-        yield {
-            "m": m,
-            "sid": sid,
-            "sid_s": str(sid),
-            "vm": "vm-bench",
-            "state": SessionState.READY,
-            "budget": BudgetStatus(token_budget=2**62, time_budget_ms=2**62, max_recursion_depth=2**62),
-            "floor": None,
-        }
     finally:
         _drop_namespace(client, namespace)
         client.close()

@@ -61,6 +61,7 @@ def extensions() -> list[Extension]:
             language="c++",
             extra_compile_args=compile_args,
             define_macros=macros,
+            libraries=["bcrypt"] if os.name == "nt" else [],  # BCryptGenRandom
             undef_macros=["NDEBUG"] if debug else [],
         )
         for name in ("_core_c", "_budget_c")

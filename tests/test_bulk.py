@@ -110,9 +110,9 @@ def test_the_scalar_api_never_needs_numpy(core) -> None:
     code = f"""
 import sys
 sys.modules["numpy"] = None
+import importlib
 import rlm_fast
-from rlm_fast import _core_py, _core_c
-mod = {{"python": _core_py, "cython": _core_c}}[{core.name!r}]
+mod = importlib.import_module({{"python": "rlm_fast._core_py", "cython": "rlm_fast._core_c"}}[{core.name!r}])
 m = mod.SessionManager()
 sid = m.create_session().id
 assert m.is_session_valid(sid)

@@ -25,7 +25,7 @@ from .config import (
 from .errors import *  # noqa: F403  (every RlmError variant is public)
 from .errors import __all__ as _error_names
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:
     # Type checkers see the twin: it is the specification (STYLE habit 2).

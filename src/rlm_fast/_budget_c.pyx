@@ -1,4 +1,4 @@
-# cython: language_level=3, freethreading_compatible=True
+# cython: language_level=3, freethreading_compatible=True, embedsignature=True, embedsignature.format=clinic
 # distutils: language = c++
 """Compiled twin of the budget tracker (the crate's `budget.rs`).
 

@@ -29,9 +29,14 @@
 #endif
 
 #if defined(_WIN32)
+#  ifndef WIN32_LEAN_AND_MEAN
+#    define WIN32_LEAN_AND_MEAN
+#  endif
+#  ifndef NOMINMAX
+#    define NOMINMAX /* windows.h would define min/max macros */
+#  endif
 #  include <windows.h>
-#  include <bcrypt.h>
-#  pragma comment(lib, "bcrypt.lib")
+#  include <bcrypt.h> /* setup.py links bcrypt */
 #elif defined(__linux__)
 #  include <errno.h>
 #  include <pthread.h>

@@ -1,5 +1,5 @@
 # cython: language_level=3, freethreading_compatible=True, binding=False
-# cython: boundscheck=False, wraparound=False, cdivision=False
+# cython: boundscheck=False, wraparound=False, cdivision=False, embedsignature=True, embedsignature.format=clinic
 # distutils: language = c++
 """Compiled session core: `SessionId`, `SessionManager` and C-backed result
 classes, the same behaviour as `_core_py.py` (the specification), with the

@@ -26,10 +26,9 @@ try:
     )
     from redis.exceptions import ConnectionError as _ConnectionError
     from redis.exceptions import TimeoutError as _TimeoutError
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "rlm_fast.redis needs redis-py: pip install 'rlm_fast[redis]'"
-    ) from exc
+except ImportError:  # pragma: no cover - depends on the environment
+    # Raised inside the handler: the missing module stays its __context__.
+    raise ImportError("rlm_fast.redis needs redis-py: pip install 'rlm_fast[redis]'")
 
 import rlm_fast as _package  # fully imported before any of its submodules run
 

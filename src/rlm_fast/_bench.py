@@ -89,13 +89,9 @@ def bench_config() -> RlmConfig:
 
 
 def workload(module: ModuleType, floor: Any) -> dict[str, Any]:
-    """The names the statements in OPS use, for a manager of `module`."""
-    return fill_workload(module.SessionManager(bench_config()), floor)
-
-
-def fill_workload(m: Any, floor: Any = None) -> dict[str, Any]:
-    """Fill `m` with LIVE_SESSIONS sessions (half with a VM and a context
-    variable) and return the names the statements in OPS use."""
+    """A manager of `module` with LIVE_SESSIONS sessions (half with a VM and
+    a context variable), and the names the statements in OPS use."""
+    m = module.SessionManager(bench_config())
     ids = [m.create_session().id for _ in range(LIVE_SESSIONS)]
     for n, sid in enumerate(ids[::2]):
         m.assign_vm(sid, f"vm-{n}")
@@ -108,7 +104,10 @@ def fill_workload(m: Any, floor: Any = None) -> dict[str, Any]:
         "sid_s": str(sid),
         "vm": "vm-bench",
         "state": SessionState.READY,
-        "budget": BudgetStatus(token_budget=2**62, time_budget_ms=2**62, max_recursion_depth=2**62),
+        # The core's own class (the other core's is accepted, converted).
+        "budget": module.BudgetStatus(
+            token_budget=2**62, time_budget_ms=2**62, max_recursion_depth=2**62
+        ),
         "floor": floor,
     }
 

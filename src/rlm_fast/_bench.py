@@ -21,7 +21,7 @@ import timeit
 from types import ModuleType
 from typing import Any
 
-from ._types import BudgetStatus, SessionState
+from ._types import SessionState
 from .config import RlmConfig
 
 LIVE_SESSIONS = 10_000

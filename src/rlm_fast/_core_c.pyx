@@ -123,7 +123,7 @@ cdef class SessionId:
         if not isinstance(s, str):
             raise TypeError(f"from_string needs a str, not {type(s).__name__}")
         cdef SidKey k
-        _parse_str(s, &k)
+        _parse_str(<str>s, &k)  # a str subclass too (checked above)
         return _sid(k)
 
     @classmethod
@@ -159,7 +159,7 @@ cdef class SessionId:
 
     @property
     def datetime(self):
-        return ns_to_datetime((self.hi >> 16) * 1000000)
+        return ns_to_datetime(<object>(self.hi >> 16) * 1000000)  # Python int: no wrap
 
     def __int__(self):
         return (<object>self.hi << 64) | self.lo

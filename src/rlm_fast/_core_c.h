@@ -630,10 +630,15 @@ class Table {
         if (s->expires_ns > RLM_I64_MAX - cfg.increment_ns) return RLM_TIME_OVERFLOW;
         st = guarded_copy(key, *s, out); /* copy first: NOMEM changes nothing */
         if (st != RLM_OK) return st;
-        try {
-            sh.push_expiry(s->expires_ns + cfg.increment_ns, key); /* the old entry goes stale */
-        } catch (const std::bad_alloc &) {
-            return RLM_NOMEM;
+        /* A new expiry needs a new index entry (the old one goes stale); an
+         * increment of 0 keeps the expiry, and its entry stays the live one
+         * (pushing an equal one would never go stale: unbounded growth). */
+        if (cfg.increment_ns != 0) {
+            try {
+                sh.push_expiry(s->expires_ns + cfg.increment_ns, key);
+            } catch (const std::bad_alloc &) {
+                return RLM_NOMEM;
+            }
         }
         s->expires_ns += cfg.increment_ns;
         s->extension_count += 1;

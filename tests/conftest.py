@@ -9,6 +9,7 @@ import types
 
 import pytest
 
+import conftest_hypothesis  # noqa: F401  (registers --hypothesis-profile=ci/long)
 from redis_server import RedisServer, redis_core
 from redis_server import unavailable as redis_unavailable
 from rlm_fast import _budget_py, _core_py

@@ -395,6 +395,16 @@ class SessionManager:
             raise SessionExpired(SessionId._of(key))
         return session
 
+    def _usable(self, key: int, now: int) -> bool:
+        """Whether a session may be used now (caller holds the lock)."""
+        session = self._sessions.get(key)
+        return (
+            session is not None
+            and session.state is not SessionState.TERMINATED
+            and session.state is not SessionState.EXPIRED
+            and now <= session.expires_ns
+        )
+
     def _unmap_vm(self, session: _Session) -> None:
         """Drop the session's VM from both maps (caller holds the lock)."""
         if session.vm is not None:
@@ -729,15 +739,6 @@ class SessionManager:
         with self._lock:
             valid = [k is not None and self._usable(k, now) for k in keys]
         return np.array(valid, dtype=bool)
-
-    def _usable(self, key: int, now: int) -> bool:
-        session = self._sessions.get(key)
-        return (
-            session is not None
-            and session.state is not SessionState.TERMINATED
-            and session.state is not SessionState.EXPIRED
-            and now <= session.expires_ns
-        )
 
     def budget_table(self) -> Any:
         """One numpy row per session, in id order (fields: BUDGET_TABLE_FIELDS)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import _selector
-from ._types import SessionState
+from . import _registry, _selector
+from ._registry import restore_result as _restore_result
+from ._registry import restore_session_id as _restore_session_id
+from ._results import SessionState
 from .config import (
     DEFAULT_MAX_RECURSION_DEPTH,
     DEFAULT_MAX_SNAPSHOTS_PER_SESSION,
@@ -30,12 +32,13 @@ from ._version import __version__
 if TYPE_CHECKING:
     # Type checkers see the twin: it is the specification (STYLE habit 2).
     from ._budget_py import BudgetTracker
-    from ._core_py import SessionId, SessionManager
-    from ._types import BudgetStatus, SessionInfo, SessionStats
+    from ._session_py import SessionId, SessionManager
+    from ._results import BudgetStatus, SessionInfo, SessionStats
 
     IMPLEMENTATION: str
 else:
     _session_core, _budget_core, IMPLEMENTATION = _selector.load()
+    _registry.activate(_session_core)
     SessionId = _session_core.SessionId
     SessionManager = _session_core.SessionManager
     # Each core has its own result classes (the compiled ones are C-backed);
@@ -48,23 +51,11 @@ else:
 
 
 def get_include() -> str:
-    """The directory holding `_core_c.h` and `_core_c.pxd`, for Cython
+    """The directory holding `_session_c.h` and `_session_c.pxd`, for Cython
     extensions that cimport the nogil C API (`include_dirs=[...]`)."""
     import os
 
     return os.path.dirname(os.path.abspath(__file__))
-
-
-def _restore_session_id(raw: bytes) -> "SessionId":
-    # Pickles of either core's SessionId name this function, so a pickle
-    # made with one core loads with the other.
-    return SessionId.from_bytes(raw)
-
-
-def _restore_result(kind: str, fields: tuple) -> object:  # type: ignore[type-arg]
-    # Pickles of either core's SessionInfo/BudgetStatus/SessionStats name
-    # this function: they load as the active core's class.
-    return globals()[kind](*fields)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 client thread and with several, beside the in-process manager on the same
 workload (a plain script, and functions the compare table can call).
 
-    python -m rlm_fast bench --redis redis://127.0.0.1:6379   # beside the compare table
+    python -m rlm_fast bench --redis redis://127.0.0.1:6379   # sync and asyncio tables
     python benchmarks/bench_redis.py                          # starts a local redis-server
 
 Each thread works on sessions of its own in a namespace made for the run
@@ -50,6 +50,31 @@ MAIN_OPS: dict[str, str] = {
         "    m.charge_tokens(sid, 100)\n"
         "    m.charge_time(sid, 5)"
     ),
+    "model call [begin_call + end_call: 2 calls]": (
+        "m.begin_call(sid); m.end_call(sid, tokens=100, elapsed_ms=5)"
+    ),
+}
+
+# The asyncio table: name -> coroutine body on `m` (an AsyncRedisSessionManager)
+# and `sid` (a session of the task's own), run by 1 task and by --tasks tasks
+# on one client.
+ASYNC_OPS: dict[str, str] = {
+    "is_session_valid": "await m.is_session_valid(sid)",
+    "charge_tokens": "await m.charge_tokens(sid, 1)",
+    "get_session": "await m.get_session(sid)",
+    "model call [begin_call + end_call]": (
+        "await m.begin_call(sid); await m.end_call(sid, tokens=100, elapsed_ms=5)"
+    ),
+}
+
+# The model-call forms whose round trips are counted from the server's
+# INFO commandstats: name -> statement (sync manager, names as MAIN_OPS).
+ROUND_TRIP_OPS: dict[str, str] = {
+    "model call, five calls (validate, recursion, 2 charges)": MAIN_OPS[
+        "model call [5 calls: validate, recursion, 2 charges]"
+    ],
+    "model call, begin_call + end_call": MAIN_OPS["model call [begin_call + end_call: 2 calls]"],
+    "model call, with m.call(sid)": "with m.call(sid) as c:\n    c.tokens = 100",
 }
 
 
@@ -62,7 +87,7 @@ def _names(m: Any, index: int) -> dict[str, Any]:
         "sid": sid,
         "vm": f"vm-bench-{index}",
         "state": SessionState.READY,
-        "budget": BudgetStatus(token_budget=2**62, time_budget_ms=2**62, max_recursion_depth=2**62),
+        "budget": BudgetStatus(token_budget=2**62, time_budget_ms=2**62, max_recursion_depth=2**32 - 1),
     }
 
 
@@ -153,6 +178,112 @@ def bench_redis(
         client.close()
 
 
+def _scripts_run(client: Any) -> int:
+    """Scripts the server has run (EVALSHA and EVAL), from INFO commandstats.
+    The commands a script runs inside count there too, under their own
+    names, so they are not round trips and are not counted."""
+    stats = client.info("commandstats")
+    return sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+
+def round_trips(url: str, executions: int = 200) -> dict[str, tuple[float, float]]:
+    """name -> (scripts the server ran, requests the client sent) per
+    execution of each ROUND_TRIP_OPS statement (connections open and
+    scripts loaded beforehand)."""
+    import redis
+
+    from rlm_fast.redis import RedisSessionManager
+
+    sent = [0]
+
+    class Counting(redis.Connection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            sent[0] += 1
+            super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+    client = redis.Redis.from_url(url, connection_class=Counting)
+    probe = redis.Redis.from_url(url)
+    namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    try:
+        m = RedisSessionManager(client, bench_config(), namespace=namespace)
+        env = _names(m, 0)
+        out = {}
+        for name, stmt in ROUND_TRIP_OPS.items():
+            code = compile(stmt, "<bench>", "exec")
+            exec(code, env)  # warm: EVALSHA of a loaded script from here on
+            before, sent[0] = _scripts_run(probe), 0
+            for _ in range(executions):
+                exec(code, env)
+            out[name] = ((_scripts_run(probe) - before) / executions, sent[0] / executions)
+        return out
+    finally:
+        _drop_namespace(probe, namespace)
+        client.close()
+        probe.close()
+
+
+def bench_async(url: str, *, tasks: tuple[int, ...] = (1, 64), seconds: float = 1.0,
+                live: int = 1_000) -> list[tuple[str, dict[int, float]]]:
+    """[(operation, {tasks: ops/s})] for an AsyncRedisSessionManager on one
+    `redis.asyncio` client shared by all tasks, each task on a session of
+    its own."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    from rlm_fast.redis import AsyncRedisSessionManager
+
+    async def measure(m: Any, body: str, n: int) -> float:
+        source = f"async def op(m, sid):\n    {body}\n"
+        env: dict[str, Any] = {}
+        exec(compile(source, "<bench>", "exec"), env)
+        op = env["op"]
+        sids = [(await m.create_session()).id for _ in range(n)]
+        stop = False
+        counts = [0] * n
+
+        async def loop(i: int) -> None:
+            sid = sids[i]
+            for _ in range(5):  # warm: connections open, scripts loaded
+                await op(m, sid)
+            await start.wait()
+            k = 0
+            while not stop:
+                await op(m, sid)
+                k += 1
+            counts[i] = k
+
+        start = asyncio.Event()
+        workers = [asyncio.create_task(loop(i)) for i in range(n)]
+        await asyncio.sleep(0.2)
+        start.set()
+        began = time.perf_counter()
+        await asyncio.sleep(seconds)
+        stop = True
+        await asyncio.gather(*workers)
+        elapsed = time.perf_counter() - began
+        for sid in sids:
+            await m.destroy_session(sid)
+        return sum(counts) / elapsed
+
+    async def run() -> list[tuple[str, dict[int, float]]]:
+        client = aredis.Redis.from_url(url, max_connections=max(tasks) + 4)
+        namespace = f"bench-{uuid.uuid4().hex[:8]}"
+        m = AsyncRedisSessionManager(client, bench_config(), namespace=namespace)
+        try:
+            for _ in range(live):
+                await m.create_session()
+            return [(name, {n: await measure(m, body, n) for n in tasks})
+                    for name, body in ASYNC_OPS.items()]
+        finally:
+            sync = __import__("redis").Redis.from_url(url)
+            _drop_namespace(sync, namespace)
+            sync.close()
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
 def _drop_namespace(client: Any, namespace: str) -> None:
     keys = list(client.scan_iter(match="{" + namespace + "}*", count=1000))
     for i in range(0, len(keys), 500):
@@ -204,16 +335,21 @@ def _local_server() -> tuple[subprocess.Popen[bytes], str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis", help="redis://host:port (default: start a local redis-server)")
+    parser.add_argument("--redis", nargs="?", metavar="URL",
+                        help="redis://host:port (none: start a local redis-server)")
     parser.add_argument("--threads", type=int, default=8, help="client threads of the second column")
     parser.add_argument("--seconds", type=float, default=1.0, help="per measurement")
     parser.add_argument("--live", type=int, default=10_000, help="other sessions in the table")
+    parser.add_argument("--tasks", type=int, default=64, help="asyncio tasks of the async table's second column")
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process column")
+    parser.add_argument("--quick", action="store_true", help="shorter timings, fewer live sessions")
     args = parser.parse_args(argv)
     threads = (1, args.threads)
+    if args.quick:
+        args.seconds, args.live = min(args.seconds, 0.3), min(args.live, 1_000)
 
     proc = workdir = None
-    url = args.redis
+    url = args.redis or None
     if url is None:
         proc, url, workdir = _local_server()
     try:
@@ -238,6 +374,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Redis at {url}; redis-py {redis_py.__version__}, hiredis {'yes' if hiredis else 'no'}; "
               f"{os.cpu_count()} CPUs; {args.live:,} live sessions")
         print_table(columns)
+        print(f"\nasyncio: AsyncRedisSessionManager, one redis.asyncio client, 1 and {args.tasks} tasks")
+        print_table([("async redis", bench_async(url, tasks=(1, args.tasks), seconds=args.seconds,
+                                                 live=min(args.live, 1_000)))])
+        print("\nround trips per model call: scripts the server ran (INFO commandstats), "
+              "requests the client sent")
+        for name, (scripts, requests) in round_trips(url).items():
+            print(f"  {name:<58}{scripts:6.2f}{requests:6.2f}")
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

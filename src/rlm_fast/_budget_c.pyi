@@ -7,8 +7,8 @@ from typing import NoReturn, final
 
 from typing_extensions import Self, disjoint_base
 
-from . import _types
-from ._core_c import BudgetStatus
+from . import _results
+from ._session_c import BudgetStatus
 from .config import RlmConfig
 
 __all__ = ["BudgetTracker"]
@@ -26,7 +26,7 @@ class BudgetTracker:
     @classmethod
     def from_status(
         cls,
-        status: BudgetStatus | _types.BudgetStatus,
+        status: BudgetStatus | _results.BudgetStatus,
         *,
         clock: Callable[[], int] | None = None,
     ) -> Self: ...

@@ -13,14 +13,14 @@ from cpython.time cimport monotonic_ns
 from libc.stdint cimport int64_t, uint64_t, UINT64_MAX
 from libcpp.atomic cimport atomic
 
-from ._core_c import BudgetStatus  # the compiled core's C-backed class
-from ._types import MSG_TOKENS_OVERFLOW, check_clock_value, check_u64, result_kind
-from .config import RlmConfig
+from ._session_c import BudgetStatus  # the compiled core's C-backed class
+from ._checks import MSG_DEPTH_OVERFLOW, MSG_TOKENS_OVERFLOW, check_clock_value, check_u64
+from ._registry import result_kind
+from .config import RlmConfig, resolve_config
 from .errors import RecursionDepthExceeded, TimeBudgetExceeded, TokenBudgetExceeded
 
 __all__ = ["BudgetTracker"]
 
-MSG_DEPTH_OVERFLOW = "child recursion depth would pass 2**64-1"
 MSG_NO_PICKLE = (
     "cannot pickle 'BudgetTracker' object: use status() and "
     "BudgetTracker.from_status()"
@@ -78,11 +78,7 @@ cdef class BudgetTracker:
     cdef object __weakref__
 
     def __init__(self, config=None, *, clock=None):
-        if config is None:
-            config = RlmConfig()
-        elif not isinstance(config, RlmConfig):
-            raise TypeError(f"config must be an RlmConfig, not {type(config).__name__}")
-        config.validate()
+        config = resolve_config(config)
         cdef uint64_t token_budget = check_u64(config.token_budget, "token_budget")
         cdef uint64_t time_budget_ms = check_u64(config.time_budget_ms, "time_budget_ms")
         cdef uint64_t max_depth = check_u64(config.max_recursion_depth, "max_recursion_depth")
@@ -151,7 +147,7 @@ cdef class BudgetTracker:
         with self._lock:
             used = self._tokens_used.load()
             depth = self._depth.load()
-        if depth == UINT64_MAX:
+        if depth >= 0xFFFFFFFF:  # U32_MAX: the crate's depth is a u32
             raise ValueError(MSG_DEPTH_OVERFLOW)
         if not given_tokens:
             tokens = self._token_budget - used if self._token_budget > used else 0

@@ -12,20 +12,21 @@ import threading
 import time
 from typing import Callable, NoReturn, cast
 
-from ._types import (
+from ._checks import (
+    MSG_DEPTH_OVERFLOW,
     MSG_TOKENS_OVERFLOW,
+    U32_MAX,
     U64_MAX,
-    BudgetStatus,
     check_clock_value,
     check_u64,
-    result_kind,
 )
-from .config import RlmConfig
+from ._registry import result_kind
+from ._results import BudgetStatus
+from .config import RlmConfig, resolve_config
 from .errors import RecursionDepthExceeded, TimeBudgetExceeded, TokenBudgetExceeded
 
 __all__ = ["BudgetTracker"]
 
-MSG_DEPTH_OVERFLOW = "child recursion depth would pass 2**64-1"
 MSG_NO_PICKLE = (
     "cannot pickle 'BudgetTracker' object: use status() and "
     "BudgetTracker.from_status()"
@@ -89,11 +90,7 @@ class BudgetTracker:
     _depth: int  # guarded by _lock
 
     def __init__(self, config: RlmConfig | None = None, *, clock: Clock | None = None) -> None:
-        if config is None:
-            config = RlmConfig()
-        elif not isinstance(config, RlmConfig):
-            raise TypeError(f"config must be an RlmConfig, not {type(config).__name__}")
-        config.validate()
+        config = resolve_config(config)
         token_budget = check_u64(config.token_budget, "token_budget")
         time_budget_ms = check_u64(config.time_budget_ms, "time_budget_ms")
         max_depth = check_u64(config.max_recursion_depth, "max_recursion_depth")
@@ -162,7 +159,7 @@ class BudgetTracker:
         with self._lock:
             used = self._tokens_used
             depth = self._depth
-        if depth == U64_MAX:
+        if depth >= U32_MAX:
             raise ValueError(MSG_DEPTH_OVERFLOW)
         if remaining_tokens is None:
             remaining_tokens = max(0, self._token_budget - used)

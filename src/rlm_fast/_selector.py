@@ -31,12 +31,12 @@ def load() -> tuple[ModuleType, ModuleType, str]:
         )
     if not no_ext:
         try:
-            from . import _budget_c, _core_c
+            from . import _budget_c, _session_c
         except ImportError:
             if require:
                 raise
         else:
-            return _core_c, _budget_c, "cython"
-    from . import _budget_py, _core_py
+            return _session_c, _budget_c, "cython"
+    from . import _budget_py, _session_py
 
-    return _core_py, _budget_py, "python"
+    return _session_py, _budget_py, "python"

@@ -10,12 +10,14 @@ kept here as a Python ``int`` in that same unit.
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from .errors import ConfigError, show_int
+from ._checks import show_int, show_value
+from .errors import ConfigError
 
 __all__ = (
     "DEFAULT_TOKEN_BUDGET",
@@ -45,6 +47,9 @@ _U64_MAX = 2**64 - 1
 # tables keep timestamps as int64 nanoseconds since the epoch).
 _MAX_DURATION_SECS = (2**63 - 1) // 1_000_000_000  # 9_223_372_036
 _DURATION_FIELDS = ("session_duration_secs", "extension_increment_secs")
+# The crate keeps these as u32 (its serde refuses larger values).
+_U32_MAX = 2**32 - 1
+_U32_FIELDS = ("max_recursion_depth", "max_extensions", "max_snapshots_per_session")
 
 _REDACTED = "***REDACTED***"  # the crate's Debug marker for secrets
 
@@ -112,7 +117,7 @@ def _enum_member(enum_type: type[_E], value: object, what: str) -> _E:
             if member.value == value:
                 return member
     names = ", ".join(repr(m.value) for m in enum_type)
-    raise ConfigError(f"{what} must be a {enum_type.__name__} ({names}), got {value!r}")
+    raise ConfigError(f"{what} must be a {enum_type.__name__} ({names}), got {show_value(value)}")
 
 
 def _type_name(value: object) -> str:
@@ -330,7 +335,7 @@ def _backend_session_config(item: object) -> BackendSessionConfig:
     if not isinstance(item, Mapping) or set(item) != {"backend", "session_model"}:
         raise ConfigError(
             "backend_session_models items must be objects with keys "
-            f"'backend' and 'session_model', got {item!r}"
+            f"'backend' and 'session_model', got {show_value(item)}"
         )
     return BackendSessionConfig(
         _enum_member(BackendType, item["backend"], "backend_session_models backend"),
@@ -341,7 +346,12 @@ def _backend_session_config(item: object) -> BackendSessionConfig:
 def _check_int(name: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an int, got {_type_name(value)}")
-    limit = _MAX_DURATION_SECS if name in _DURATION_FIELDS else _U64_MAX
+    if name in _DURATION_FIELDS:
+        limit = _MAX_DURATION_SECS
+    elif name in _U32_FIELDS:
+        limit = _U32_MAX
+    else:
+        limit = _U64_MAX
     if not 0 <= value <= limit:
         raise ConfigError(f"{name} must be between 0 and {limit}, got {show_int(value)}")
 
@@ -351,7 +361,7 @@ def _check_list(name: str, value: object, item_type: type, item_desc: str) -> li
         raise ConfigError(f"{name} must be a list, got {_type_name(value)}")
     for item in value:
         if not isinstance(item, item_type):
-            raise ConfigError(f"{name} items must be {item_desc}, got {item!r}")
+            raise ConfigError(f"{name} items must be {item_desc}, got {show_value(item)}")
     return list(value)
 
 
@@ -368,7 +378,7 @@ def _check_field(name: str, annotation: object, value: object) -> None:
             raise ConfigError(f"{name} must be a str or None, got {_type_name(value)}")
     elif annotation == "KgStrictness":
         if not isinstance(value, KgStrictness):
-            raise ConfigError(f"{name} must be a KgStrictness member, got {value!r}")
+            raise ConfigError(f"{name} must be a KgStrictness member, got {show_value(value)}")
     elif annotation == "list[str]":
         _check_list(name, value, str, "str")
     elif annotation == "list[BackendType]":
@@ -379,10 +389,22 @@ def _check_field(name: str, annotation: object, value: object) -> None:
                 entry.session_model, SessionModel
             ):
                 raise ConfigError(
-                    f"{name} items must hold a BackendType and a SessionModel, got {entry!r}"
+                    f"{name} items must hold a BackendType and a SessionModel, got {show_value(entry)}"
                 )
     else:  # pragma: no cover - a field added without a check
         raise AssertionError(f"no check for field {name}: {annotation}")
+
+
+def resolve_config(config: object) -> RlmConfig:
+    """What every constructor does with its `config` argument: the default
+    when None, a TypeError for anything but an RlmConfig, `validate()`, and a
+    private deep copy (a later change to the caller's object changes nothing)."""
+    if config is None:
+        return RlmConfig()
+    if not isinstance(config, RlmConfig):
+        raise TypeError(f"config must be an RlmConfig, not {type(config).__name__}")
+    config.validate()
+    return copy.deepcopy(config)
 
 
 # Pickles and reprs name the public path (rlm_fast re-exports these).

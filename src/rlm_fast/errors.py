@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
+from typing import Any, ClassVar, TypedDict
 
-if TYPE_CHECKING:
-    # Only for annotations: the cores import this module, not the reverse.
-    from rlm_fast._core_py import SessionId
+# A session id as an error takes it: either core's SessionId, or its string
+# (errors sit below the cores, so they name no core's class).
+SessionIdLike = Any
 
 __all__ = (
     "McpError",
@@ -172,14 +172,6 @@ class McpError(_McpErrorRequired, total=False):
     data: dict[str, object]
 
 
-def show_int(value: int) -> str:
-    """An int for an error message: its digits, or its size when printing
-    it would be long (or refused: Python caps int->str at 4300 digits)."""
-    if value.bit_length() <= 128:
-        return str(value)
-    return f"{'-' if value < 0 else ''}an int of {value.bit_length()} bits"
-
-
 class RlmError(Exception):
     """Base class of every rlm_fast error (the crate's ``RlmError`` enum).
 
@@ -250,7 +242,7 @@ class SessionNotFound(RlmError, LookupError):
     code = -32001
     _fields = ("session_id",)
 
-    def __init__(self, session_id: SessionId | str) -> None:
+    def __init__(self, session_id: SessionIdLike) -> None:
         self.session_id = session_id
         super().__init__(session_id)
 
@@ -264,7 +256,7 @@ class SessionExpired(RlmError):
     code = -32002
     _fields = ("session_id",)
 
-    def __init__(self, session_id: SessionId | str) -> None:
+    def __init__(self, session_id: SessionIdLike) -> None:
         self.session_id = session_id
         super().__init__(session_id)
 
@@ -277,7 +269,7 @@ class InvalidSessionState(RlmError):
 
     _fields = ("session_id", "state", "operation")
 
-    def __init__(self, session_id: SessionId | str, state: str, operation: str) -> None:
+    def __init__(self, session_id: SessionIdLike, state: str, operation: str) -> None:
         self.session_id = session_id
         self.state = state
         self.operation = operation
@@ -297,7 +289,7 @@ class MaxExtensionsReached(RlmError):
     _requires_user_action = True
 
     # `max` shadows the builtin, but it is the crate's field name.
-    def __init__(self, session_id: SessionId | str, max: int) -> None:  # noqa: A002
+    def __init__(self, session_id: SessionIdLike, max: int) -> None:  # noqa: A002
         self.session_id = session_id
         self.max = max
         super().__init__(session_id, max)

@@ -1,211 +1,53 @@
-"""Result types and argument checks shared by both cores.
-
-`SessionState`, `BudgetStatus`, `SessionInfo` and `SessionStats` are defined
-once, here, and returned by the compiled core and the pure-Python twin alike.
-The `check_*` helpers are the single definition of SPEC section 7 (bad input)
-for values other than session ids; both cores call them before taking a lock.
-"""
+"""Result classes and `SessionState`: the twin's `BudgetStatus`,
+`SessionInfo` and `SessionStats` (immutable snapshots) and their JSON forms,
+byte for byte the crate's serde output (SPEC 8). The compiled core has its
+own C-backed classes (`_session_c.pyx`), which share the helpers here
+(repr, hash, replace, dict/JSON forms) and register with `_registry`."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import enum
+import json
+import time
+from collections.abc import Mapping
+from json.encoder import encode_basestring
 from types import MappingProxyType
-from typing import Any, Mapping, SupportsInt, cast
+from typing import Any, cast
 
-from .config import (
-    DEFAULT_MAX_RECURSION_DEPTH,
-    DEFAULT_TIME_BUDGET_MS,
-    DEFAULT_TOKEN_BUDGET,
+from ._checks import I64_MAX, I64_MIN, check_str, check_u32, check_u64, ns_to_datetime
+from ._json import (
+    _check_indent,
+    _describe,
+    _invalid_type,
+    _object,
+    _optional_string,
+    _quoted,
+    _string,
+    _u32,
+    _u64,
+    _U32_FIELDS,
+    format_timestamp,
+    from_json,
+    parse_json,
+    parse_timestamp,
+    to_json,
 )
-from .errors import show_int
-
-__all__ = [
-    "SessionState",
-    "BudgetStatus",
-    "SessionInfo",
-    "SessionStats",
-]
-
-U64_MAX = 2**64 - 1
-I64_MAX = 2**63 - 1
-I64_MIN = -(2**63)
-
-# Messages both cores raise with (one text, one place).
-MSG_CREATE_OVERFLOW = "session expiry would pass the largest representable time"
-MSG_EXTEND_OVERFLOW = "extension would pass the largest representable time"
-MSG_TOKENS_OVERFLOW = "charge would take tokens_used past 2**64-1"
-MSG_TIME_OVERFLOW = "charge would take time_used_ms past 2**64-1"
-
-_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
-
-
-# --------------------------------------------------------------------------
-# argument checks (SPEC 7 and 10)
-# --------------------------------------------------------------------------
-
-
-def foreign_session_id(value: object) -> int | None:
-    """The value of the *other* core's SessionId (both cores can be loaded in
-    one process, e.g. by the test suite or a pickle), else None."""
-    cls = type(value)
-    if cls.__name__ == "SessionId" and cls.__module__ in ("rlm_fast", "rlm_fast._core_c"):
-        return int(cast(SupportsInt, value))
-    return None
-
-
-def result_kind(value: object) -> str | None:
-    """"SessionInfo", "BudgetStatus" or "SessionStats" for either core's
-    result class (the compiled core has its own, C-backed), else None."""
-    cls = type(value)
-    if cls.__module__ in ("rlm_fast", "rlm_fast._core_c") and cls.__name__ in (
-        "SessionInfo",
-        "BudgetStatus",
-        "SessionStats",
-    ):
-        return cls.__name__
-    return None
-
-
-def reduce_result(value: Any, kind: str) -> tuple[Any, ...]:
-    # Pickles name rlm_fast._restore_result, so one made with either core
-    # loads with the other.
-    import rlm_fast
-
-    return (rlm_fast._restore_result, (kind, value._astuple()))
-
-
-def session_id_type_error(value: object) -> TypeError:
-    return TypeError(
-        f"session id must be a SessionId or str, not {type(value).__name__}"
-    )
-
-
-def check_u64(value: object, name: str) -> int:
-    """An int in 0 .. 2**64-1 (bool refused), else TypeError/ValueError."""
-    if type(value) is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-        value = int(value)  # an int subclass: keep only its value
-    if value < 0 or value > U64_MAX:
-        raise ValueError(f"{name} must be in 0..2**64-1, got {show_int(value)}")
-    return value
-
-
-def check_str(value: object, name: str, *, nonempty: bool = False) -> str:
-    """An exact `str` that encodes as UTF-8 (a subclass is copied)."""
-    if type(value) is not str:
-        if not isinstance(value, str):
-            raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-        value = str.__str__(value)  # drop the subclass: no user code later
-    if nonempty and not value:
-        raise ValueError(f"{name} must not be empty")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{name} is not valid UTF-8 (lone surrogate)") from None
-    return value
-
-
-def check_clock_value(value: object) -> int:
-    """What a user clock returned: int nanoseconds that fit in int64."""
-    if type(value) is not int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(
-                f"clock must return int nanoseconds, not {type(value).__name__}"
-            )
-        value = int(value)
-    if value < I64_MIN or value > I64_MAX:
-        raise ValueError(f"clock returned {show_int(value)}, outside the int64 range")
-    return value
-
-
-def check_restore(infos: object, counters: object) -> list["SessionInfo"]:
-    """The rows a core may restore (dump/load): SessionInfo objects with
-    distinct ids and distinct VM ids, and three u64 counters."""
-    if not isinstance(infos, (list, tuple)):
-        raise TypeError("sessions must be a list of SessionInfo")
-    rows: list[SessionInfo] = []
-    ids: set[str] = set()
-    vms: set[str] = set()
-    for info in infos:
-        if result_kind(info) != "SessionInfo":
-            raise TypeError(f"a session row must be a SessionInfo, not {type(info).__name__}")
-        sid = str(info.id)
-        if sid in ids:
-            raise ValueError(f"session {sid} appears twice")
-        ids.add(sid)
-        if info.vm_instance_id is not None:
-            if not info.vm_instance_id:
-                raise ValueError(f"session {sid} has an empty vm_instance_id")
-            if info.vm_instance_id in vms:
-                raise ValueError(f"VM {info.vm_instance_id!r} is held by two sessions")
-            vms.add(info.vm_instance_id)
-        rows.append(info)
-    if not isinstance(counters, (list, tuple)) or len(counters) != 3:
-        raise TypeError("counters must be (created, destroyed, expired)")
-    created, destroyed, expired = (
-        check_u64(c, n) for c, n in zip(counters, ("created", "destroyed", "expired"))
-    )
-    if created != destroyed + expired + len(rows):
-        raise ValueError(
-            "counters do not balance: created != destroyed + expired + sessions"
-        )
-    return rows
-
-
-# --------------------------------------------------------------------------
-# the bulk API's numpy side (numpy is optional: only these need it)
-# --------------------------------------------------------------------------
-
-# One row of `budget_table()`; the compiled core writes the same packed
-# layout (BudgetRow in _core_c.h). `state` is the index in STATES.
-BUDGET_TABLE_FIELDS: tuple[tuple[str, str], ...] = (
-    ("id", "V16"),  # SessionId.bytes, big-endian (V: numpy strips trailing NULs of S)
-    ("state", "u1"),
-    ("expires_at_ns", "i8"),
-    ("tokens_used", "u8"),
-    ("token_budget", "u8"),
-    ("time_used_ms", "u8"),
-    ("time_budget_ms", "u8"),
-    ("recursion_depth", "u8"),
-    ("max_recursion_depth", "u8"),
-    ("extension_count", "u8"),
-    ("snapshot_count", "u8"),
-    ("has_vm", "?"),
+from ._session_id_py import SessionId, key_of
+from .config import DEFAULT_MAX_RECURSION_DEPTH, DEFAULT_TIME_BUDGET_MS, DEFAULT_TOKEN_BUDGET
+from ._registry import foreign_session_id, reduce_result, register_results, result_kind
+from .errors import (
+    InvalidSessionState,
+    InvalidSessionToken,
+    RecursionDepthExceeded,
+    Serialization,
+    SessionExpired,
+    SessionNotFound,
+    TimeBudgetExceeded,
+    TokenBudgetExceeded,
 )
 
-
-def numpy() -> Any:
-    """numpy, or an ImportError that says only the bulk API needs it."""
-    try:
-        import numpy as np
-    except ImportError as exc:
-        raise ImportError(
-            "the bulk API (validate_many, budget_table) needs numpy: "
-            "pip install 'rlm_fast[numpy]'"
-        ) from exc
-    return np
-
-
-def budget_table_dtype() -> Any:
-    return numpy().dtype(list(BUDGET_TABLE_FIELDS))
-
-
-def raw_ids(ids: object) -> bytes | None:
-    """16-byte ids packed in a numpy array (e.g. budget_table()["id"]), as
-    one bytes object; None for any other kind of sequence."""
-    np = __import__("sys").modules.get("numpy")
-    if np is None or not isinstance(ids, np.ndarray):
-        return None
-    if ids.dtype.kind not in "SV" or ids.dtype.itemsize != 16 or ids.ndim != 1:
-        raise TypeError("an array of ids must be one-dimensional with 16-byte items")
-    return bytes(np.ascontiguousarray(ids).tobytes())
-
-
-def ns_to_datetime(ns: int) -> _dt.datetime:
-    """Aware UTC datetime, nanoseconds truncated (floored) to microseconds."""
-    return _EPOCH + _dt.timedelta(microseconds=ns // 1000)
+__all__ = ["SessionState", "BudgetStatus", "SessionInfo", "SessionStats"]
 
 
 # --------------------------------------------------------------------------
@@ -226,9 +68,14 @@ class SessionState(enum.Enum):
 
 SessionState.__module__ = "rlm_fast"
 
-# Index order is the compiled core's state code; keep in step with _core_c.
+
+# Index order is the compiled core's state code; keep in step with _session_c.
 STATES: tuple[SessionState, ...] = tuple(SessionState)
+
+
 STATE_CODE: dict[SessionState, int] = {s: i for i, s in enumerate(STATES)}
+
+
 _STATE_BY_VALUE: dict[str, SessionState] = {s.value: s for s in STATES}
 
 
@@ -251,8 +98,31 @@ def coerce_state(value: object) -> SessionState:
 
 
 # --------------------------------------------------------------------------
+# the twin's immutable result classes share one base
+# --------------------------------------------------------------------------
+
+
+class _Immutable:
+    """Refuses every attribute write and delete, and a second `__init__`
+    (the compiled classes do the same): a result is a snapshot."""
+
+    __slots__ = ()
+
+    def _refuse_reinit(self, first_field: str) -> None:
+        if hasattr(self, first_field):
+            raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable (cannot delete {name!r})")
+
+
+# --------------------------------------------------------------------------
 # BudgetStatus
 # --------------------------------------------------------------------------
+
 
 _BUDGET_FIELDS = (
     "token_budget",
@@ -264,7 +134,10 @@ _BUDGET_FIELDS = (
 )
 
 
-class BudgetStatus:
+_U32_BUDGET_FIELDS = ("max_recursion_depth", "current_recursion_depth")
+
+
+class BudgetStatus(_Immutable):
     """Immutable record of a session's budgets (the crate's `BudgetStatus`)."""
 
     __slots__ = _BUDGET_FIELDS
@@ -293,8 +166,10 @@ class BudgetStatus:
             max_recursion_depth,
             current_recursion_depth,
         )
+        self._refuse_reinit("token_budget")
         for name, value in zip(_BUDGET_FIELDS, values):
-            object.__setattr__(self, name, check_u64(value, name))
+            check = check_u32 if name in _U32_BUDGET_FIELDS else check_u64
+            object.__setattr__(self, name, check(value, name))
 
     @classmethod
     def _trusted(
@@ -316,12 +191,6 @@ class BudgetStatus:
         setattr_(self, "max_recursion_depth", max_recursion_depth)
         setattr_(self, "current_recursion_depth", current_recursion_depth)
         return self
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"BudgetStatus is immutable (cannot set {name!r})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"BudgetStatus is immutable (cannot delete {name!r})")
 
     def _astuple(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) for name in _BUDGET_FIELDS)
@@ -362,27 +231,19 @@ class BudgetStatus:
     def time_remaining_ms(self) -> int:
         return max(0, self.time_budget_ms - self.time_used_ms)
 
-    # JSON (SPEC 8): the crate's serde form; the code lives in _serde.
+    # JSON (SPEC 8): the crate's serde form; the code is below.
     def to_dict(self) -> dict[str, Any]:
-        from ._serde import budget_to_dict
-
         return budget_to_dict(self)
 
     def to_json(self, indent: int | None = None) -> str:
-        from ._serde import budget_to_dict, to_json
-
         return to_json(budget_to_dict(self), indent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "BudgetStatus":
-        from ._serde import budget_from_dict
-
         return budget_from_dict(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "BudgetStatus":
-        from ._serde import budget_from_dict, from_json
-
         return from_json(text, budget_from_dict)
 
 
@@ -407,6 +268,7 @@ def budget_replace(budget: Any, **changes: int) -> Any:
 # SessionInfo
 # --------------------------------------------------------------------------
 
+
 _INFO_FIELDS = (
     "id",
     "state",
@@ -422,7 +284,7 @@ _INFO_FIELDS = (
 )
 
 
-class SessionInfo:
+class SessionInfo(_Immutable):
     """Immutable snapshot of one session (the crate's `SessionInfo`).
 
     A later change to the session does not change it. `created_at` and
@@ -442,6 +304,8 @@ class SessionInfo:
         "_context",
         "current_snapshot_id",
         "snapshot_count",
+        "parent_id",
+        "root_id",
     )
 
     id: Any  # the active core's SessionId
@@ -455,6 +319,8 @@ class SessionInfo:
     _context: dict[str, str]
     current_snapshot_id: str | None
     snapshot_count: int
+    parent_id: Any  # None for a root (docs/trees.md)
+    root_id: Any  # the root's id; a root's own id
 
     def __init__(
         self,
@@ -469,11 +335,17 @@ class SessionInfo:
         context_variables: Mapping[str, str] | None = None,
         current_snapshot_id: str | None = None,
         snapshot_count: int = 0,
+        parent_id: Any = None,
+        root_id: Any = None,
     ) -> None:
-        from ._core_py import _key
-        from ._core_py import SessionId as _SessionId
-
-        id = _SessionId._of(_key(id))  # a SessionId of either core, or its string
+        self._refuse_reinit("id")
+        id = SessionId._of(key_of(id))  # a SessionId of either core, or its string
+        parent = None if parent_id is None else SessionId._of(key_of(parent_id))
+        root = id if root_id is None else SessionId._of(key_of(root_id))
+        if parent is None and root != id:
+            raise ValueError("a root session (parent_id None) is its own root_id")
+        if parent is not None and (parent == id or root == id):
+            raise ValueError("a child session is neither its own parent nor its own root")
         state = coerce_state(state)
         for name, value in (("created_at_ns", created_at_ns), ("expires_at_ns", expires_at_ns)):
             if isinstance(value, bool) or not isinstance(value, int):
@@ -484,7 +356,7 @@ class SessionInfo:
             budget_status = BudgetStatus()
         elif result_kind(budget_status) != "BudgetStatus":
             raise TypeError("budget_status must be a BudgetStatus")
-        depth = check_u64(recursion_depth, "recursion_depth")
+        depth = check_u32(recursion_depth, "recursion_depth")
         if depth != budget_status.current_recursion_depth:
             # Depth has one source of truth (SPEC 4.8).
             budget_status = budget_status.replace(current_recursion_depth=depth)
@@ -496,7 +368,7 @@ class SessionInfo:
         setattr_(self, "state", state)
         setattr_(self, "created_at_ns", int(created_at_ns))
         setattr_(self, "expires_at_ns", int(expires_at_ns))
-        setattr_(self, "extension_count", check_u64(extension_count, "extension_count"))
+        setattr_(self, "extension_count", check_u32(extension_count, "extension_count"))
         setattr_(self, "recursion_depth", depth)
         setattr_(self, "budget_status", budget_status)
         setattr_(
@@ -512,7 +384,9 @@ class SessionInfo:
             if current_snapshot_id is None
             else check_str(current_snapshot_id, "current_snapshot_id"),
         )
-        setattr_(self, "snapshot_count", check_u64(snapshot_count, "snapshot_count"))
+        setattr_(self, "snapshot_count", check_u32(snapshot_count, "snapshot_count"))
+        setattr_(self, "parent_id", parent)
+        setattr_(self, "root_id", root)
 
     @classmethod
     def _trusted(
@@ -528,6 +402,8 @@ class SessionInfo:
         context: dict[str, str],
         current_snapshot_id: str | None,
         snapshot_count: int,
+        parent_id: Any = None,
+        root_id: Any = None,
     ) -> "SessionInfo":
         # Built by a core from its own data: `context` is a fresh dict,
         # already sorted by key, that nobody else holds.
@@ -544,13 +420,9 @@ class SessionInfo:
         setattr_(self, "_context", context)
         setattr_(self, "current_snapshot_id", current_snapshot_id)
         setattr_(self, "snapshot_count", snapshot_count)
+        setattr_(self, "parent_id", parent_id)
+        setattr_(self, "root_id", id if root_id is None else root_id)
         return self
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"SessionInfo is immutable (cannot set {name!r})")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"SessionInfo is immutable (cannot delete {name!r})")
 
     @property
     def context_variables(self) -> Mapping[str, str]:
@@ -568,8 +440,6 @@ class SessionInfo:
     def is_expired(self, now_ns: int | None = None) -> bool:
         """Expired when now > expires_at (real clock unless `now_ns` given)."""
         if now_ns is None:
-            import time
-
             now_ns = time.time_ns()
         elif isinstance(now_ns, bool) or not isinstance(now_ns, int):
             raise TypeError("now_ns must be an int")
@@ -578,27 +448,19 @@ class SessionInfo:
     def can_extend(self, max_extensions: int) -> bool:
         return self.extension_count < check_u64(max_extensions, "max_extensions")
 
-    # JSON (SPEC 8): the crate's serde form; the code lives in _serde.
+    # JSON (SPEC 8): the crate's serde form; the code is below.
     def to_dict(self) -> dict[str, Any]:
-        from ._serde import info_to_dict
-
         return info_to_dict(self)
 
     def to_json(self, indent: int | None = None) -> str:
-        from ._serde import info_to_json
-
         return info_to_json(self, indent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SessionInfo":
-        from ._serde import info_from_dict
-
         return info_from_dict(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "SessionInfo":
-        from ._serde import from_json, info_from_dict
-
         return from_json(text, info_from_dict)
 
     def _astuple(self) -> tuple[Any, ...]:
@@ -614,6 +476,8 @@ class SessionInfo:
             self._context,
             self.current_snapshot_id,
             self.snapshot_count,
+            self.parent_id,
+            self.root_id,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -650,7 +514,13 @@ def info_repr(info: Any) -> str:
         f"vm_instance_id={info.vm_instance_id!r}, "
         f"context_variables={dict(info.context_variables)!r}, "
         f"current_snapshot_id={info.current_snapshot_id!r}, "
-        f"snapshot_count={info.snapshot_count})"
+        f"snapshot_count={info.snapshot_count}"
+        + (
+            ""
+            if info.parent_id is None
+            else f", parent_id={info.parent_id!r}, root_id={info.root_id!r}"
+        )
+        + ")"
     )
 
 
@@ -659,8 +529,10 @@ def info_repr(info: Any) -> str:
 # --------------------------------------------------------------------------
 
 
-class SessionStats:
-    """Counters of a manager (the crate's `SessionStats`, plus two).
+class SessionStats(_Immutable):
+    """Counters of a manager: the crate's three, the removals, and the
+    refusals (docs/lifecycle.md): how many calls raised each kind of refusal,
+    plus `is_session_valid` calls that returned False for that reason.
 
     At rest: `total_sessions_created == total_sessions_destroyed +
     total_sessions_expired + active_sessions`.
@@ -672,6 +544,13 @@ class SessionStats:
         "sessions_with_vm",
         "total_sessions_destroyed",
         "total_sessions_expired",
+        "rejected_not_found",
+        "rejected_invalid_token",
+        "rejected_terminated",
+        "rejected_expired",
+        "rejected_tokens",
+        "rejected_time",
+        "rejected_depth",
     )
 
     total_sessions_created: int
@@ -679,6 +558,13 @@ class SessionStats:
     sessions_with_vm: int
     total_sessions_destroyed: int
     total_sessions_expired: int
+    rejected_not_found: int
+    rejected_invalid_token: int
+    rejected_terminated: int
+    rejected_expired: int
+    rejected_tokens: int
+    rejected_time: int
+    rejected_depth: int
 
     def __init__(
         self,
@@ -687,18 +573,18 @@ class SessionStats:
         sessions_with_vm: int = 0,
         total_sessions_destroyed: int = 0,
         total_sessions_expired: int = 0,
+        rejected_not_found: int = 0,
+        rejected_invalid_token: int = 0,
+        rejected_terminated: int = 0,
+        rejected_expired: int = 0,
+        rejected_tokens: int = 0,
+        rejected_time: int = 0,
+        rejected_depth: int = 0,
     ) -> None:
-        for name, value in (
-            ("total_sessions_created", total_sessions_created),
-            ("active_sessions", active_sessions),
-            ("sessions_with_vm", sessions_with_vm),
-            ("total_sessions_destroyed", total_sessions_destroyed),
-            ("total_sessions_expired", total_sessions_expired),
-        ):
-            object.__setattr__(self, name, check_u64(value, name))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError(f"SessionStats is immutable (cannot set {name!r})")
+        self._refuse_reinit("total_sessions_created")
+        values = locals()
+        for name in self.__slots__:
+            object.__setattr__(self, name, check_u64(values[name], name))
 
     def _astuple(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -717,35 +603,240 @@ class SessionStats:
     def __repr__(self) -> str:
         return stats_repr(self)
 
-    # JSON: the crate's three fields, then rlm_fast's two; code in _serde.
+    # JSON: the crate's three fields, then rlm_fast's; code below.
     def to_dict(self) -> dict[str, Any]:
-        from ._serde import stats_to_dict
-
         return stats_to_dict(self)
 
     def to_json(self, indent: int | None = None) -> str:
-        from ._serde import stats_to_dict, to_json
-
         return to_json(stats_to_dict(self), indent)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SessionStats":
-        from ._serde import stats_from_dict
-
         return stats_from_dict(data)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "SessionStats":
-        from ._serde import from_json, stats_from_dict
-
         return from_json(text, stats_from_dict)
 
 
 SessionStats.__module__ = "rlm_fast"
 
+
 STATS_FIELDS = SessionStats.__slots__
+# The refusal counters, in SessionStats' order, and the error each counts.
+REFUSAL_FIELDS = STATS_FIELDS[5:]
+REFUSAL_INDEX: dict[type, int] = {
+    SessionNotFound: 0,
+    InvalidSessionToken: 1,
+    InvalidSessionState: 2,  # raised only for TERMINATED
+    SessionExpired: 3,
+    TokenBudgetExceeded: 4,
+    TimeBudgetExceeded: 5,
+    RecursionDepthExceeded: 6,
+}
 
 
 def stats_repr(stats: Any) -> str:
     inner = ", ".join(f"{n}={getattr(stats, n)}" for n in STATS_FIELDS)
     return f"SessionStats({inner})"
+
+
+# ---------------------------------------------------------------------------
+# JSON forms (the crate's serde field order)
+# ---------------------------------------------------------------------------
+
+
+BUDGET_FIELDS = (
+    "token_budget",
+    "tokens_used",
+    "time_budget_ms",
+    "time_used_ms",
+    "max_recursion_depth",
+    "current_recursion_depth",
+)
+
+
+INFO_FIELDS = (
+    "id",
+    "state",
+    "created_at",
+    "expires_at",
+    "extension_count",
+    "recursion_depth",
+    "budget_status",
+    "vm_instance_id",
+    "context_variables",
+    "current_snapshot_id",
+    "snapshot_count",
+)
+
+
+def budget_to_dict(budget: BudgetStatus) -> dict[str, Any]:
+    return {name: getattr(budget, name) for name in BUDGET_FIELDS}
+
+
+def _budget_values(data: object, where: str) -> list[int]:
+    obj = _object(data, BUDGET_FIELDS, where)
+    prefix = f"{where}." if where != "BudgetStatus" else ""
+    return [
+        (_u32 if name in _U32_FIELDS else _u64)(obj[name], prefix + name) for name in BUDGET_FIELDS
+    ]
+
+
+def budget_from_dict(data: object) -> BudgetStatus:
+    return BudgetStatus._trusted(*_budget_values(data, "BudgetStatus"))
+
+
+def _id_text(sid: object) -> str:
+    """The 26-char uppercase ULID of a session id: a SessionId of either
+    core, or anything whose str() is a ULID in either case."""
+    if foreign_session_id(sid) is not None:  # either core's SessionId
+        return str(sid)
+    text = sid if isinstance(sid, str) else str(sid)
+    try:
+        return str(SessionId.from_string(text))
+    except InvalidSessionToken:
+        raise Serialization(f"id: {_describe(text)} is not a ULID") from None
+
+
+def _session_id_from(value: object, field: str) -> SessionId:
+    if type(value) is not str:
+        raise _invalid_type(field, value, "a ULID string")
+    try:
+        return SessionId.from_string(value)
+    except InvalidSessionToken:
+        raise Serialization(f"{field}: {_describe(value)} is not a ULID") from None
+
+
+def info_to_dict(info: SessionInfo) -> dict[str, Any]:
+    """The crate's serde object: fields in declaration order, id and
+    timestamps as strings, context variables sorted by key."""
+    return {
+        "id": _id_text(info.id),
+        "state": info.state.value,
+        "created_at": format_timestamp(info.created_at_ns),
+        "expires_at": format_timestamp(info.expires_at_ns),
+        "extension_count": info.extension_count,
+        "recursion_depth": info.recursion_depth,
+        "budget_status": budget_to_dict(info.budget_status),
+        "vm_instance_id": info.vm_instance_id,
+        "context_variables": dict(info.context_variables),  # sorted by key
+        "current_snapshot_id": info.current_snapshot_id,
+        "snapshot_count": info.snapshot_count,
+    }
+
+
+def _compact_info(info: SessionInfo) -> str:
+    b = info.budget_status
+    context = info._context
+    if context:
+        # Already sorted by key: a SessionInfo keeps its context that way.
+        ctx = ",".join(f"{encode_basestring(k)}:{encode_basestring(v)}" for k, v in context.items())
+        ctx = "{" + ctx + "}"
+    else:
+        ctx = "{}"
+    return (
+        f'{{"id":"{_id_text(info.id)}","state":"{info.state.value}",'
+        f'"created_at":"{format_timestamp(info.created_at_ns)}",'
+        f'"expires_at":"{format_timestamp(info.expires_at_ns)}",'
+        f'"extension_count":{info.extension_count},'
+        f'"recursion_depth":{info.recursion_depth},'
+        f'"budget_status":{{"token_budget":{b.token_budget},"tokens_used":{b.tokens_used},'
+        f'"time_budget_ms":{b.time_budget_ms},"time_used_ms":{b.time_used_ms},'
+        f'"max_recursion_depth":{b.max_recursion_depth},'
+        f'"current_recursion_depth":{b.current_recursion_depth}}},'
+        f'"vm_instance_id":{_quoted(info.vm_instance_id)},'
+        f'"context_variables":{ctx},'
+        f'"current_snapshot_id":{_quoted(info.current_snapshot_id)},'
+        f'"snapshot_count":{info.snapshot_count}}}'
+    )
+
+
+def info_to_json(info: SessionInfo, indent: int | None = None) -> str:
+    """`serde_json::to_string` (indent None) or `to_string_pretty` (indent 2)."""
+    width = _check_indent(indent)
+    if width is None:
+        return _compact_info(info)
+    return json.dumps(info_to_dict(info), ensure_ascii=False, indent=width)
+
+
+def info_from_dict(data: object) -> SessionInfo:
+    """A SessionInfo from the crate's serde object (see `info_to_dict`)."""
+    obj = _object(data, INFO_FIELDS, "SessionInfo")
+    raw_id = obj["id"]
+    if type(raw_id) is not str:
+        raise _invalid_type("id", raw_id, "a ULID string")
+    try:
+        sid = SessionId.from_string(raw_id)
+    except InvalidSessionToken:
+        raise Serialization(f"id: {_describe(raw_id)} is not a ULID") from None
+    state_name = obj["state"]
+    state = _STATE_BY_VALUE.get(state_name) if type(state_name) is str else None
+    if state is None:
+        if type(state_name) is not str:
+            raise _invalid_type("state", state_name, "a state name")
+        names = ", ".join(f"`{n}`" for n in _STATE_BY_VALUE)
+        raise Serialization(
+            f"state: unknown variant {_describe(state_name)}, expected one of {names}"
+        )
+    created = parse_timestamp(obj["created_at"], "created_at")
+    expires = parse_timestamp(obj["expires_at"], "expires_at")
+    extensions = _u32(obj["extension_count"], "extension_count")
+    depth = _u32(obj["recursion_depth"], "recursion_depth")
+    budget = _budget_values(obj["budget_status"], "budget_status")
+    vm = _optional_string(obj["vm_instance_id"], "vm_instance_id")
+    raw_context = obj["context_variables"]
+    if not isinstance(raw_context, Mapping):
+        raise _invalid_type("context_variables", raw_context, "a JSON object")
+    context: dict[str, str] = {}
+    if raw_context:
+        pairs = []
+        for key, value in raw_context.items():
+            if not (type(key) is str and type(value) is str and key.isascii() and value.isascii()):
+                key = _string(key, "context_variables key")
+                value = _string(value, f"context_variables[{_describe(key)}]")
+            pairs.append((key, value))
+        pairs.sort()
+        context = dict(pairs)
+    snapshot = _optional_string(obj["current_snapshot_id"], "current_snapshot_id")
+    snapshots = _u32(obj["snapshot_count"], "snapshot_count")
+    # Depth has one source of truth (SPEC 4.8): recursion_depth wins over
+    # budget_status.current_recursion_depth when a crate document differs.
+    budget[5] = depth
+    return SessionInfo._trusted(
+        sid,
+        state,
+        created,
+        expires,
+        extensions,
+        depth,
+        BudgetStatus._trusted(*budget),
+        vm,
+        context,
+        snapshot,
+        snapshots,
+    )
+
+
+def stats_to_dict(stats: SessionStats) -> dict[str, Any]:
+    return {name: getattr(stats, name) for name in STATS_FIELDS}
+
+
+CRATE_STATS_FIELDS = STATS_FIELDS[:5]
+
+
+def stats_from_dict(data: object) -> SessionStats:
+    """rlm_fast's 12 fields, or the crate's 5 (its document has no refusal
+    counters: they read as 0, like serde's `#[serde(default)]`)."""
+    names: tuple[str, ...] = STATS_FIELDS
+    if isinstance(data, Mapping) and not any(n in data for n in REFUSAL_FIELDS):
+        names = CRATE_STATS_FIELDS
+    obj = _object(data, names, "SessionStats")
+    return SessionStats(*(_u64(obj[name], name) for name in names))
+
+
+def info_from_json(text: object) -> SessionInfo:
+    return info_from_dict(parse_json(text))
+
+
+register_results(info=SessionInfo, budget=BudgetStatus, stats=SessionStats)

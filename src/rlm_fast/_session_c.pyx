@@ -2,20 +2,30 @@
 # cython: boundscheck=False, wraparound=False, cdivision=False, embedsignature=True, embedsignature.format=clinic
 # distutils: language = c++
 """Compiled session core: `SessionId`, `SessionManager` and C-backed result
-classes, the same behaviour as `_core_py.py` (the specification), with the
+classes, the same behaviour as `_session_py.py` (the specification), with the
 table in C++ memory.
 
-Each manager owns a `Table` (`_core_c.h`): 16 shards, each with its own
-lock, plus a lock for the VM map; `Table` methods take the locks they need.
+Each manager owns a `Table` (`_session_c.h`, `_c/table.h`): 16 shards, each
+with its own lock, plus a lock for the VM map; `Table` methods take the locks
+they need. A call tree (SPEC 11, docs/trees.md) lives in its root's shard, so
+a call on a child takes one lock however deep the tree.
 Every method here converts its arguments (ids parsed, strings encoded, the
 clock read) before calling into the table, where only C++ work runs under a
 lock (no Python object is created, freed or raised there), and builds its
-result or exception afterwards from a plain C copy. `_core_c.pxd` declares
+result or exception afterwards from a plain C copy. `_session_c.pxd` declares
 the table and a nogil C API for other Cython extensions.
+
+Lifecycle and the model-call step (SPEC 12-13, docs/lifecycle.md), as the
+twin: a removal moves the removed sessions' last states out of the table
+(strings taken, not copied) and `on_remove` and the INFO records run after
+every lock is released; refusals count in relaxed atomics on the table
+(`SessionStats.rejected_*`), touched on the refusal path only;
+`begin_call` and `end_call` each take one shard lock.
 """
 
 cimport cython
 from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.pair cimport pair
 from libcpp.string cimport string
@@ -24,43 +34,60 @@ from cpython.ref cimport Py_INCREF
 from libcpp.algorithm cimport is_sorted, sort
 from libcpp.vector cimport vector
 
+from sys import getswitchinterval as _getswitchinterval
 from types import MappingProxyType
 
-from ._types import (
+
+from ._bulk import budget_table_dtype, numpy, raw_ids
+from ._checks import (
     MSG_CREATE_OVERFLOW,
     MSG_EXTEND_OVERFLOW,
     MSG_TIME_OVERFLOW,
     MSG_TOKENS_OVERFLOW,
+    check_clock_value,
+    check_str,
+    check_u32,
+    check_u64,
+    ns_to_datetime,
+    session_id_type_error,
+)
+from ._dump import check_restore, check_tree
+from ._lifecycle import (
+    ModelCall,
+    ReaperSlot,
+    check_on_remove,
+    log_created,
+    log_vm_moved,
+    report_removed,
+)
+from ._lifecycle import log as _log
+from ._registry import (
+    foreign_session_id,
+    reduce_result,
+    register_results,
+    register_session_id,
+    restore_session_id,
+    result_kind,
+)
+from ._results import (
     STATE_CODE,
     STATES,
     budget_replace,
     budget_repr,
-    budget_table_dtype,
-    check_clock_value,
-    check_restore,
-    check_str,
-    check_u64,
     coerce_state,
-    foreign_session_id,
     info_hash,
     info_repr,
-    ns_to_datetime,
-    numpy,
-    raw_ids,
-    reduce_result,
-    result_kind,
-    session_id_type_error,
     stats_repr,
 )
-from ._types import BudgetStatus as _PyBudgetStatus
-from ._types import SessionInfo as _PySessionInfo
-from ._types import SessionStats as _PySessionStats
+from ._results import BudgetStatus as _PyBudgetStatus
+from ._results import SessionInfo as _PySessionInfo
+from ._results import SessionStats as _PySessionStats
 from .config import (
     DEFAULT_MAX_RECURSION_DEPTH,
     DEFAULT_TIME_BUDGET_MS,
     DEFAULT_TOKEN_BUDGET,
 )
-from .config import RlmConfig
+from .config import RlmConfig, resolve_config
 from .errors import (
     ConfigError,
     InvalidSessionState,
@@ -96,6 +123,7 @@ if rlm_random_init() != 0:
 cdef tuple _STATES = STATES
 cdef object _TERMINATED_NAME = "Terminated"
 cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFF
+cdef int _INFO = 20  # logging.INFO: every record is guarded by _log.isEnabledFor(_INFO)
 
 
 # ---------------------------------------------------------------------------
@@ -214,9 +242,7 @@ cdef class SessionId:
         return c >= 0
 
     def __reduce__(self):
-        import rlm_fast
-
-        return (rlm_fast._restore_session_id, (self.bytes,))
+        return (restore_session_id, (self.bytes,))  # pickles as rlm_fast._restore_session_id
 
     def __copy__(self):
         return self
@@ -253,6 +279,21 @@ cdef inline int _parse_str(str s, SidKey *out) except -1:
     return 0
 
 
+cdef inline int _mkey(Table *t, object session_id, SidKey *out) except -1:
+    """`_key` for a manager's method: a malformed string id counts in
+    rejected_invalid_token before InvalidSessionToken is raised."""
+    if type(session_id) is SessionId:
+        out.hi = (<SessionId>session_id).hi
+        out.lo = (<SessionId>session_id).lo
+        return 0
+    if isinstance(session_id, str):
+        if _try_parse(<str>session_id, out) != 0:
+            t.count_rejected(RLM_REJ_INVALID_TOKEN)
+            raise InvalidSessionToken(session_id)
+        return 0
+    return _key(session_id, out)  # the other core's SessionId, or TypeError
+
+
 cdef inline int _key(object session_id, SidKey *out) except -1:
     """The table key of a SessionId or its string form (SPEC 7)."""
     if type(session_id) is SessionId:
@@ -270,7 +311,7 @@ cdef inline int _key(object session_id, SidKey *out) except -1:
 
 
 # ---------------------------------------------------------------------------
-# argument conversion (the slow paths call the shared checks in _types, so
+# argument conversion (the slow paths call the shared checks in _checks, so
 # both cores raise the same errors with the same messages)
 # ---------------------------------------------------------------------------
 
@@ -310,6 +351,69 @@ cdef SessionInfo _info(SessionCopy *c):
     return info
 
 
+cdef inline void _let_others_run() noexcept:
+    with nogil:
+        rlm_piece_size()
+
+
+cdef struct _Turns:
+    int64_t last
+    int64_t interval
+
+
+cdef inline void _turns_init(_Turns *t):
+    t.interval = <int64_t>(_getswitchinterval() * 1e9)
+    t.last = rlm_time_ns()
+
+
+cdef inline void _take_turns(_Turns *t) noexcept:
+    """Called once per piece by a long loop that builds result objects
+    with the GIL (SPEC 15): once a switch interval has passed since the
+    last time, let go of the GIL for a moment, as the eval loop would. A
+    waiting thread asks for the GIL when its wait of one switch interval
+    times out with no switch; letting go more often than that would wake it
+    early each time (restarting its wait) and starve it."""
+    cdef int64_t now = rlm_time_ns()
+    if now - t.last >= t.interval or now < t.last:
+        _let_others_run()
+        t.last = rlm_time_ns()
+
+
+cdef list _infos_in_order(vector[SessionCopy] &rows, vector[size_t] &order):
+    """SessionInfos taking over rows[order[0]], rows[order[1]], ...,
+    taking turns with other threads for the GIL (_take_turns)."""
+    cdef size_t i, n = order.size(), piece = rlm_piece_size()
+    cdef list out = PyList_New(n)  # sized once: no regrowth
+    cdef object item
+    cdef _Turns turns
+    _turns_init(&turns)
+    for i in range(n):
+        if i % piece == piece - 1:
+            _take_turns(&turns)
+        item = _info(&rows[order[i]])
+        Py_INCREF(item)
+        PyList_SET_ITEM(out, i, item)
+    return out
+
+
+def _set_piece(n):
+    """Tests: whole-table calls hold a lock for at most `n` sessions
+    (default 2048); returns the previous value."""
+    cdef size_t old = rlm_piece_size()
+    if type(n) is not int or n < 1:
+        raise ValueError("the piece size is a positive int")
+    rlm_set_piece_size(<size_t>n)
+    return old
+
+
+def _piece_stats(SessionManager manager, reset=False):
+    """Tests: (lock holds, most sessions covered by one hold) of the
+    manager's whole-table calls since the last reset."""
+    cdef uint64_t holds = 0, widest = 0
+    manager._t.piece_stats(&holds, &widest, bool(reset))
+    return holds, widest
+
+
 cdef inline int _state_code(object state) except -1:
     """The state code of a SessionState member (identity checks: an Enum's
     hash is a Python call) or of its value string."""
@@ -320,8 +424,11 @@ cdef inline int _state_code(object state) except -1:
     return STATE_CODE[coerce_state(state)]
 
 
-cdef int _fail(int status, SidKey key, str operation) except -1:
-    """Raise the error of a status every session call shares."""
+cdef int _fail(Table *t, int status, SidKey key, str operation) except -1:
+    """Raise the error of a status every session call shares; `key` is the
+    session the table named (`who`: an ancestor when validity flowed down).
+    A refusal counts in its rejected_* counter first."""
+    t.count_refusal(status)
     if status == RLM_NOT_FOUND:
         raise SessionNotFound(_sid(key))
     if status == RLM_TERMINATED:
@@ -334,10 +441,10 @@ cdef int _fail(int status, SidKey key, str operation) except -1:
 
 
 # ---------------------------------------------------------------------------
-# result types: the compiled twins of _types.BudgetStatus / SessionInfo /
+# result types: the compiled twins of _results.BudgetStatus / SessionInfo /
 # SessionStats, C-backed so a result costs one allocation. Same behaviour:
 # checks, repr, equality (with either core's objects) and pickles are shared
-# with the Python classes through the helpers in _types.
+# with the Python classes through the helpers in _results and _registry.
 # ---------------------------------------------------------------------------
 
 @cython.final
@@ -363,8 +470,8 @@ cdef class BudgetStatus:
         self.tokens_used = check_u64(tokens_used, "tokens_used")
         self.time_budget_ms = check_u64(time_budget_ms, "time_budget_ms")
         self.time_used_ms = check_u64(time_used_ms, "time_used_ms")
-        self.max_recursion_depth = check_u64(max_recursion_depth, "max_recursion_depth")
-        self.current_recursion_depth = check_u64(current_recursion_depth, "current_recursion_depth")
+        self.max_recursion_depth = check_u32(max_recursion_depth, "max_recursion_depth")
+        self.current_recursion_depth = check_u32(current_recursion_depth, "current_recursion_depth")
         self._frozen = True
 
     @classmethod
@@ -537,6 +644,16 @@ cdef class SessionInfo:
     def snapshot_count(self):
         return self.c.s.snapshot_count
 
+    @property
+    def parent_id(self):
+        """The parent's id; None for a root (docs/trees.md)."""
+        return _sid(self.c.parent) if self.c.has_parent else None
+
+    @property
+    def root_id(self):
+        """The id of the tree's root; a root's own id."""
+        return _sid(self.c.root) if self.c.has_parent else _sid(self.c.key)
+
     def is_expired(self, now_ns=None):
         """Expired when now > expires_at (real clock unless `now_ns` given)."""
         return _PySessionInfo.is_expired(self, now_ns)
@@ -548,7 +665,7 @@ cdef class SessionInfo:
         return (self.id, self.state, self.created_at_ns, self.expires_at_ns,
                 self.extension_count, self.recursion_depth, self.budget_status,
                 self.vm_instance_id, self._context, self.current_snapshot_id,
-                self.snapshot_count)
+                self.snapshot_count, self.parent_id, self.root_id)
 
     def __eq__(self, other):
         if result_kind(other) != "SessionInfo":
@@ -604,13 +721,21 @@ cdef int _fill_info(SessionInfo info, tuple f) except -1:
     if c.has_snapshot:
         _utf8(f[9], "current_snapshot_id", False, &c.snapshot)
     c.s.snapshot_count = f[10]
+    c.has_parent = len(f) > 11 and f[11] is not None
+    if c.has_parent:
+        _key(f[11], &c.parent)
+        _key(f[12], &c.root)
+    else:
+        c.root = c.key
     info._frozen = True
     return 0
 
 
 @cython.final
 cdef class SessionStats:
-    """Counters of a manager (the crate's `SessionStats`, plus two).
+    """Counters of a manager: the crate's three, the removals, and the
+    refusals (docs/lifecycle.md): how many calls raised each kind of refusal,
+    plus `is_session_valid` calls that returned False for that reason.
 
     At rest: `total_sessions_created == total_sessions_destroyed +
     total_sessions_expired + active_sessions`."""
@@ -620,10 +745,19 @@ cdef class SessionStats:
     cdef readonly uint64_t sessions_with_vm
     cdef readonly uint64_t total_sessions_destroyed
     cdef readonly uint64_t total_sessions_expired
+    cdef readonly uint64_t rejected_not_found
+    cdef readonly uint64_t rejected_invalid_token
+    cdef readonly uint64_t rejected_terminated
+    cdef readonly uint64_t rejected_expired
+    cdef readonly uint64_t rejected_tokens
+    cdef readonly uint64_t rejected_time
+    cdef readonly uint64_t rejected_depth
     cdef bint _frozen
 
     def __init__(self, total_sessions_created=0, active_sessions=0, sessions_with_vm=0,
-                 total_sessions_destroyed=0, total_sessions_expired=0):
+                 total_sessions_destroyed=0, total_sessions_expired=0,
+                 rejected_not_found=0, rejected_invalid_token=0, rejected_terminated=0,
+                 rejected_expired=0, rejected_tokens=0, rejected_time=0, rejected_depth=0):
         if self._frozen:
             raise AttributeError("SessionStats is immutable")
         self.total_sessions_created = check_u64(total_sessions_created, "total_sessions_created")
@@ -631,11 +765,21 @@ cdef class SessionStats:
         self.sessions_with_vm = check_u64(sessions_with_vm, "sessions_with_vm")
         self.total_sessions_destroyed = check_u64(total_sessions_destroyed, "total_sessions_destroyed")
         self.total_sessions_expired = check_u64(total_sessions_expired, "total_sessions_expired")
+        self.rejected_not_found = check_u64(rejected_not_found, "rejected_not_found")
+        self.rejected_invalid_token = check_u64(rejected_invalid_token, "rejected_invalid_token")
+        self.rejected_terminated = check_u64(rejected_terminated, "rejected_terminated")
+        self.rejected_expired = check_u64(rejected_expired, "rejected_expired")
+        self.rejected_tokens = check_u64(rejected_tokens, "rejected_tokens")
+        self.rejected_time = check_u64(rejected_time, "rejected_time")
+        self.rejected_depth = check_u64(rejected_depth, "rejected_depth")
         self._frozen = True
 
     def _astuple(self):
         return (self.total_sessions_created, self.active_sessions, self.sessions_with_vm,
-                self.total_sessions_destroyed, self.total_sessions_expired)
+                self.total_sessions_destroyed, self.total_sessions_expired,
+                self.rejected_not_found, self.rejected_invalid_token, self.rejected_terminated,
+                self.rejected_expired, self.rejected_tokens, self.rejected_time,
+                self.rejected_depth)
 
     def __eq__(self, other):
         if result_kind(other) != "SessionStats":
@@ -673,6 +817,13 @@ cdef SessionStats _stats(Stats s):
     out.sessions_with_vm = s.with_vm
     out.total_sessions_destroyed = s.destroyed
     out.total_sessions_expired = s.expired
+    out.rejected_not_found = s.rejected[<int>RLM_REJ_NOT_FOUND]
+    out.rejected_invalid_token = s.rejected[<int>RLM_REJ_INVALID_TOKEN]
+    out.rejected_terminated = s.rejected[<int>RLM_REJ_TERMINATED]
+    out.rejected_expired = s.rejected[<int>RLM_REJ_EXPIRED]
+    out.rejected_tokens = s.rejected[<int>RLM_REJ_TOKENS]
+    out.rejected_time = s.rejected[<int>RLM_REJ_TIME]
+    out.rejected_depth = s.rejected[<int>RLM_REJ_DEPTH]
     out._frozen = True
     return out
 
@@ -715,19 +866,18 @@ cdef class SessionManager:
     def __dealloc__(self):
         del self._t
 
-    def __init__(self, config=None, *, clock=None):
+    def __init__(self, config=None, *, clock=None, on_remove=None):
+        """A new, empty table. `config` is validated and copied; `clock`,
+        when given, returns int nanoseconds since the epoch (tests use it);
+        `on_remove(info, reason)` is told of every removed session
+        (docs/lifecycle.md)."""
         if self._config is not None:
             raise TypeError("SessionManager is already initialised")
-        if config is None:
-            config = RlmConfig()
-        elif not isinstance(config, RlmConfig):
-            raise TypeError(f"config must be an RlmConfig, not {type(config).__name__}")
-        config.validate()
+        config = resolve_config(config)
         if clock is not None and not callable(clock):
             raise TypeError("clock must be a callable returning int nanoseconds")
-        import copy
-
-        config = copy.deepcopy(config)
+        self._on_remove = check_on_remove(on_remove)
+        self._reapers = ReaperSlot()
         cdef Config cfg
         cfg.duration_ns = config.session_duration_secs * 1000000000
         cfg.increment_ns = config.extension_increment_secs * 1000000000
@@ -735,7 +885,8 @@ cdef class SessionManager:
         cfg.token_budget = config.token_budget
         cfg.time_budget_ms = config.time_budget_ms
         cfg.max_depth = config.max_recursion_depth
-        cfg.max_snapshots = config.max_snapshots_per_session
+        # 0 (no limit): the count still stops at the crate's u32 maximum.
+        cfg.max_snapshots = config.max_snapshots_per_session or 0xFFFFFFFF  # U32_MAX
         self._t.cfg = cfg
         self._clock = clock
         self._config = config
@@ -776,95 +927,213 @@ cdef class SessionManager:
             if st != RLM_DUPLICATE:
                 break  # never reuse a live id, however unlikely
         if st != RLM_OK:
-            _fail(st, k, "create_session")
-        return _info(&c)
+            _fail(self._t, st, k, "create_session")
+        info = _info(&c)
+        if _log.isEnabledFor(_INFO):
+            log_created(info)
+        return info
+
+    def create_child_session(self, parent_id, *, token_budget=None, time_budget_ms=None):
+        """A child session of `parent_id` in its tree (docs/trees.md): it
+        starts one deeper than the parent is now, expires no later than the
+        parent, and its budgets default to what the parent has left; its
+        charges also count against every ancestor."""
+        cdef SidKey parent, k, who
+        cdef SessionCopy c
+        cdef int st
+        cdef uint64_t value = 0, limit = 0, tokens = 0, time_ms = 0
+        _mkey(self._t, parent_id, &parent)
+        cdef cbool has_tokens = token_budget is not None
+        cdef cbool has_time = time_budget_ms is not None
+        if has_tokens:
+            tokens = _u64(token_budget, "token_budget")
+        if has_time:
+            time_ms = _u64(time_budget_ms, "time_budget_ms")
+        cdef int64_t now = self._stamp_now()
+        # The child's id carries its parent's shard bits: the whole tree
+        # shares one shard (and one lock).
+        cdef uint64_t bits = self._t.shard_index(parent)
+        who = parent
+        while True:
+            if rlm_new_key_with(now // 1000000, bits, RLM_SHARD_MASK, &k) != 0:
+                raise OSError("the operating system's random source failed")
+            st = self._t.create_child(k, parent, now, has_tokens, tokens, has_time, time_ms,
+                                      &c, &who, &value, &limit)
+            if st != RLM_DUPLICATE:
+                break  # never reuse a live id, however unlikely
+        if st == RLM_OK:
+            info = _info(&c)
+            if _log.isEnabledFor(_INFO):
+                log_created(info)
+            return info
+        if st == RLM_DEPTH_EXCEEDED:
+            self._t.count_refusal(st)
+            raise RecursionDepthExceeded(<object>value + 1, limit)
+        if st == RLM_TOKENS_ABOVE_PARENT:
+            raise ValueError(f"token_budget {tokens} is above what the parent has left ({value})")
+        if st == RLM_TIME_ABOVE_PARENT:
+            raise ValueError(f"time_budget_ms {time_ms} is above what the parent has left ({value})")
+        _fail(self._t, st, who, "create_child_session")
+
+    def children(self, session_id):
+        """The direct children of a session, in id order (a read-only
+        lookup: it works on expired and terminated sessions)."""
+        cdef SidKey k
+        cdef vector[SidKey] kids
+        cdef int st
+        cdef size_t i
+        _mkey(self._t, session_id, &k)
+        st = self._t.children(k, &kids)
+        if st != RLM_OK:
+            _fail(self._t, st, k, "children")
+        sort(kids.begin(), kids.end())
+        return [_sid(kids[i]) for i in range(kids.size())]
 
     def get_session(self, session_id):
         cdef SidKey k
         cdef SessionCopy c
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         st = self._t.get(k, &c)
         if st != RLM_OK:
-            _fail(st, k, "get_session")
+            _fail(self._t, st, k, "get_session")
         return _info(&c)
 
     def update_session_state(self, session_id, state):
         cdef SidKey k
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int code = _state_code(state)
         cdef int64_t now = self._now()
-        st = self._t.update_state(k, now, code)
+        cdef SidKey who = k
+        st = self._t.update_state(k, now, code, &who)
         if st != RLM_OK:
-            _fail(st, k, "update_session_state")
+            _fail(self._t, st, who, "update_session_state")
 
     def is_session_valid(self, session_id):
+        """Whether the session exists and it and every ancestor are neither
+        terminated nor expired (False for a malformed string id). A False
+        counts in the matching rejected_* counter."""
         cdef SidKey k
-        cdef int valid
         if type(session_id) is SessionId:
             k = _k(<SessionId>session_id)
         elif isinstance(session_id, str):
             if _try_parse(<str>session_id, &k) != 0:
+                self._t.count_rejected(RLM_REJ_INVALID_TOKEN)
                 return False
         else:
             _key(session_id, &k)  # the other core's SessionId, or TypeError
         cdef int64_t now = self._now()
-        valid = self._t.is_valid(k, now)
-        return valid != 0
+        cdef int st = self._t.status_of(k, now, NULL)
+        if st == RLM_OK:
+            return True
+        self._t.count_refusal(st)  # False counts by its reason
+        return False
 
     def validate_session(self, session_id):
         cdef SidKey k
         cdef SessionCopy c
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int64_t now = self._now()
-        st = self._t.validate(k, now, &c)
+        cdef SidKey who = k
+        st = self._t.validate(k, now, &c, &who)
         if st != RLM_OK:
-            _fail(st, k, "validate")
+            _fail(self._t, st, who, "validate")
         return _info(&c)
 
     def extend_session(self, session_id):
         cdef SidKey k
         cdef SessionCopy c
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int64_t now = self._now()
-        st = self._t.extend(k, now, &c)
+        cdef SidKey who = k
+        st = self._t.extend(k, now, &c, &who)
         if st == RLM_MAX_EXTENSIONS:
             raise MaxExtensionsReached(_sid(k), self._t.cfg.max_extensions)
         if st == RLM_TIME_OVERFLOW:
             raise ConfigError(MSG_EXTEND_OVERFLOW)
         if st != RLM_OK:
-            _fail(st, k, "extend_session")
+            _fail(self._t, st, who, "extend_session")
         return _info(&c)
 
     def destroy_session(self, session_id):
+        """Remove the session and its whole subtree (any state); returns the
+        removed session's last state. `on_remove` hears "destroyed" for it
+        and "cascade" for each descendant."""
         cdef SidKey k
         cdef int st
-        _key(session_id, &k)
-        st = self._t.destroy(k)
+        cdef size_t i
+        cdef vector[SessionCopy] rows
+        _mkey(self._t, session_id, &k)
+        st = self._t.destroy(k, &rows)
         if st != RLM_OK:
-            _fail(st, k, "destroy_session")
+            _fail(self._t, st, k, "destroy_session")
+        cdef SessionInfo info = _info(&rows[0])
+        if self._on_remove is not None or _log.isEnabledFor(_INFO):
+            removed = [(info, "destroyed")]
+            for i in range(1, rows.size()):
+                removed.append((_info(&rows[i]), "cascade"))
+            report_removed(self._on_remove, removed)  # every lock released
+        return info
 
     def cleanup_expired_sessions(self):
+        """Remove every session with `expires_at < now`, each with its
+        subtree; every removed id, in id order."""
+        return self._pop_expired(False)
+
+    def pop_expired_sessions(self):
+        """Remove what `cleanup_expired_sessions` would and return the
+        removed sessions' last states, in id order. `on_remove` hears
+        "expired" for each session whose own expiry passed, "cascade" for
+        one removed only with an expired ancestor."""
+        return self._pop_expired(True)
+
+    cdef list _pop_expired(self, bint infos):
         cdef int64_t now = self._now()
-        cdef vector[SidKey] gone
-        cdef int st
-        cdef size_t i
-        with nogil:  # the work runs without the GIL: other threads go on
-            st = self._t.cleanup(now, &gone)
-            if not is_sorted(gone.begin(), gone.end()):  # often already in order
-                sort(gone.begin(), gone.end())
-        if st != RLM_OK:
+        cdef vector[SessionCopy] rows
+        cdef vector[size_t] order
+        cdef int st, sorted_st
+        cdef size_t i, n, piece = rlm_piece_size()
+        with nogil:  # the work runs without the GIL, in pieces: other threads go on
+            st = self._t.cleanup(now, &rows)
+            sorted_st = rlm_order_by_id(rows, &order)
+        if sorted_st != RLM_OK:
+            raise MemoryError()  # (the rows are out of the table; nothing to report them with)
+        n = rows.size()
+        cdef list out = PyList_New(n)  # sized once: no regrowth
+        cdef object item
+        cdef bint report = n != 0 and (self._on_remove is not None or _log.isEnabledFor(_INFO))
+        cdef list removed = [] if report else None
+        cdef SessionInfo info
+        cdef _Turns turns
+        _turns_init(&turns)
+        for i in range(n):
+            if i % piece == piece - 1:
+                _take_turns(&turns)
+            if infos or report:
+                info = _info(&rows[order[i]])
+                if report:
+                    removed.append((info, "expired" if info.c.s.expires_ns < now else "cascade"))
+                item = info if infos else info.id
+            else:
+                item = _sid(rows[order[i]].key)
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, i, item)
+        with nogil:
+            rows.clear()
+        if report:
+            report_removed(self._on_remove, removed)  # every lock released
+        if st != RLM_OK:  # out of memory part way: what was removed is reported
             raise MemoryError()
-        cdef list out = PyList_New(gone.size())  # sized once: no regrowth
-        cdef SessionId sid
-        for i in range(gone.size()):
-            sid = _sid(gone[i])
-            Py_INCREF(sid)
-            PyList_SET_ITEM(out, i, sid)
         return out
+
+    def start_reaper(self, interval_s=1.0):
+        """Start a daemon thread that calls `pop_expired_sessions` every
+        `interval_s` seconds; `stop()` (or leaving its `with` block) ends it.
+        RuntimeError while this manager already has a running reaper."""
+        return self._reapers.start(self.pop_expired_sessions, interval_s)
 
     # -- VM affinity ----------------------------------------------------------
 
@@ -872,22 +1141,27 @@ cdef class SessionManager:
         cdef SidKey k
         cdef string vm
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(vm_instance_id, "vm_instance_id", True, &vm)
         cdef int64_t now = self._now()
-        st = self._t.assign_vm(k, now, vm)
+        cdef SidKey who = k
+        cdef SidKey previous
+        cdef cbool moved = False
+        st = self._t.assign_vm(k, now, vm, &who, &previous, &moved)
         if st != RLM_OK:
-            _fail(st, k, "assign_vm")
+            _fail(self._t, st, who, "assign_vm")
+        if moved and _log.isEnabledFor(_INFO):
+            log_vm_moved(_text(vm), _sid(previous), _sid(k))
 
     def release_vm(self, session_id):
         cdef SidKey k
         cdef string vm
         cdef cbool had = False
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         st = self._t.release_vm(k, &vm, &had)
         if st != RLM_OK:
-            _fail(st, k, "release_vm")
+            _fail(self._t, st, k, "release_vm")
         return _text(vm) if had else None
 
     def get_assigned_vm(self, session_id):
@@ -895,10 +1169,10 @@ cdef class SessionManager:
         cdef string vm
         cdef cbool had = False
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         st = self._t.get_vm(k, &vm, &had)
         if st != RLM_OK:
-            _fail(st, k, "get_assigned_vm")
+            _fail(self._t, st, k, "get_assigned_vm")
         return _text(vm) if had else None
 
     def get_session_for_vm(self, vm_instance_id):
@@ -915,24 +1189,25 @@ cdef class SessionManager:
         cdef SidKey k
         cdef string name, text
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(key, "key", False, &name)
         _utf8(value, "value", False, &text)
         cdef int64_t now = self._now()
-        st = self._t.set_context(k, now, name, text)
+        cdef SidKey who = k
+        st = self._t.set_context(k, now, name, text, &who)
         if st != RLM_OK:
-            _fail(st, k, "set_context_variable")
+            _fail(self._t, st, who, "set_context_variable")
 
     def get_context_variable(self, session_id, key):
         cdef SidKey k
         cdef string name, text
         cdef cbool had = False
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(key, "key", False, &name)
         st = self._t.get_context(k, name, &text, &had)
         if st != RLM_OK:
-            _fail(st, k, "get_context_variable")
+            _fail(self._t, st, k, "get_context_variable")
         return _text(text) if had else None
 
     def get_all_context_variables(self, session_id):
@@ -940,10 +1215,10 @@ cdef class SessionManager:
         cdef SessionCopy c
         cdef int st
         cdef size_t i
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         st = self._t.all_context(k, &c)
         if st != RLM_OK:
-            _fail(st, k, "get_all_context_variables")
+            _fail(self._t, st, k, "get_all_context_variables")
         cdef dict out = {}
         for i in range(c.context.size()):
             out[_text(c.context[i].first)] = _text(c.context[i].second)
@@ -954,12 +1229,13 @@ cdef class SessionManager:
         cdef string name, text
         cdef cbool had = False
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(key, "key", False, &name)
         cdef int64_t now = self._now()
-        st = self._t.delete_context(k, now, name, &text, &had)
+        cdef SidKey who = k
+        st = self._t.delete_context(k, now, name, &text, &had, &who)
         if st != RLM_OK:
-            _fail(st, k, "delete_context_variable")
+            _fail(self._t, st, who, "delete_context_variable")
         return _text(text) if had else None
 
     # -- budgets and depth --------------------------------------------------------
@@ -967,48 +1243,57 @@ cdef class SessionManager:
     def update_budget(self, session_id, budget):
         cdef SidKey k
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         if type(budget) is not BudgetStatus and result_kind(budget) != "BudgetStatus":
             raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
         cdef BudgetStatus b = _budget_of(budget)  # the twin's, converted
         cdef int64_t now = self._now()
+        cdef SidKey who = k
         st = self._t.update_budget(k, now, b.token_budget, b.tokens_used, b.time_budget_ms,
                                    b.time_used_ms, b.max_recursion_depth,
-                                   b.current_recursion_depth)
+                                   b.current_recursion_depth, &who)
+        if st == RLM_BELOW_START:
+            raise ValueError(
+                f"current_recursion_depth {b.current_recursion_depth} is below "
+                f"the child's start depth {self._t.start_depth(k)}"
+            )
         if st != RLM_OK:
-            _fail(st, k, "update_budget")
+            _fail(self._t, st, who, "update_budget")
 
     def increment_recursion_depth(self, session_id):
         cdef SidKey k
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         return self._increment(k)
 
     cdef object _increment(self, SidKey k):
         cdef uint64_t depth = 0, maximum = 0
         cdef int st
         cdef int64_t now = self._now()
-        st = self._t.increment(k, now, &depth, &maximum)
+        cdef SidKey who = k
+        st = self._t.increment(k, now, &depth, &maximum, &who)
         if st == RLM_DEPTH_EXCEEDED:
+            self._t.count_refusal(st)
             raise RecursionDepthExceeded(<object>depth + 1, maximum)
         if st != RLM_OK:
-            _fail(st, k, "increment_recursion_depth")
+            _fail(self._t, st, who, "increment_recursion_depth")
         return depth
 
     def decrement_recursion_depth(self, session_id):
         cdef SidKey k
         cdef uint64_t depth = 0
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int64_t now = self._now()
-        st = self._t.decrement(k, now, &depth)
+        cdef SidKey who = k
+        st = self._t.decrement(k, now, &depth, &who)
         if st != RLM_OK:
-            _fail(st, k, "decrement_recursion_depth")
+            _fail(self._t, st, who, "decrement_recursion_depth")
         return depth
 
     def recursion(self, session_id):
         """Context manager: depth +1 on entry (yields it), -1 on exit."""
         cdef _Recursion r = _Recursion.__new__(_Recursion)
-        _key(session_id, &r._key)
+        _mkey(self._t, session_id, &r._key)
         r._manager = self
         return r
 
@@ -1016,51 +1301,133 @@ cdef class SessionManager:
         cdef SidKey k
         cdef uint64_t total = 0, budget = 0
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef uint64_t amount = _u64(tokens, "tokens")
         cdef int64_t now = self._now()
-        st = self._t.charge_tokens(k, now, amount, &total, &budget)
+        cdef SidKey who = k
+        st = self._t.charge_tokens(k, now, amount, &total, &budget, &who)
         if st == RLM_OK:
             return total
         if st == RLM_TOKENS_OVER:
+            self._t.count_refusal(st)
             raise TokenBudgetExceeded(total, budget)  # spent: the charge stays
         if st == RLM_U64_OVERFLOW:
             raise ValueError(MSG_TOKENS_OVERFLOW)
-        _fail(st, k, "charge_tokens")
+        _fail(self._t, st, who, "charge_tokens")
 
     def charge_time(self, session_id, elapsed_ms):
         cdef SidKey k
         cdef uint64_t total = 0, budget = 0
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef uint64_t amount = _u64(elapsed_ms, "elapsed_ms")
         cdef int64_t now = self._now()
-        st = self._t.charge_time(k, now, amount, &total, &budget)
+        cdef SidKey who = k
+        st = self._t.charge_time(k, now, amount, &total, &budget, &who)
         if st == RLM_OK:
             return total
         if st == RLM_TIME_OVER:
+            self._t.count_refusal(st)
             raise TimeBudgetExceeded(total, budget)
         if st == RLM_U64_OVERFLOW:
             raise ValueError(MSG_TIME_OVERFLOW)
-        _fail(st, k, "charge_time")
+        _fail(self._t, st, who, "charge_time")
 
     def check_budget(self, session_id):
         cdef SidKey k
-        cdef Session s
+        cdef Session s, bad
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int64_t now = self._now()
-        st = self._t.budget(k, now, &s)
+        cdef SidKey who = k
+        # The path from the root down, tokens then time then depth for each:
+        # the table names the first exhausted budget and its session's fields.
+        st = self._t.budget(k, now, &s, &bad, &who)
+        if st == RLM_TOKENS_OVER or st == RLM_TIME_OVER or st == RLM_DEPTH_EXCEEDED:
+            self._t.count_refusal(st)  # the path's validity counts in _fail
+        if st == RLM_TOKENS_OVER:
+            raise TokenBudgetExceeded(bad.tokens_used, bad.token_budget)
+        if st == RLM_TIME_OVER:
+            raise TimeBudgetExceeded(bad.time_used_ms, bad.time_budget_ms)
+        if st == RLM_DEPTH_EXCEEDED:
+            raise RecursionDepthExceeded(bad.depth, bad.max_depth)
         if st != RLM_OK:
-            _fail(st, k, "check_budget")
-        if s.tokens_used >= s.token_budget:
-            raise TokenBudgetExceeded(s.tokens_used, s.token_budget)
-        if s.time_used_ms >= s.time_budget_ms:
-            raise TimeBudgetExceeded(s.time_used_ms, s.time_budget_ms)
-        if s.depth > s.max_depth:
-            raise RecursionDepthExceeded(s.depth, s.max_depth)
+            _fail(self._t, st, who, "check_budget")
         return _budget(s.token_budget, s.tokens_used, s.time_budget_ms, s.time_used_ms,
                        s.max_depth, s.depth)
+
+    # -- the model-call step (docs/lifecycle.md) ------------------------------------
+
+    def begin_call(self, session_id):
+        """Admit one model call, in one atomic step (one lock): the session's
+        path is valid, no budget on it is exhausted (as `check_budget`), and
+        the session's depth goes up by one (as `increment_recursion_depth`).
+        Returns the session's BudgetStatus after."""
+        cdef SidKey k
+        cdef Session s
+        cdef cbool at_limit = False
+        cdef int st
+        _mkey(self._t, session_id, &k)
+        cdef int64_t now = self._now()
+        cdef SidKey who = k
+        st = self._t.begin_call(k, now, &s, &at_limit, &who)
+        if st == RLM_OK:
+            return _budget(s.token_budget, s.tokens_used, s.time_budget_ms, s.time_used_ms,
+                           s.max_depth, s.depth)
+        if st == RLM_TOKENS_OVER:
+            self._t.count_refusal(st)
+            raise TokenBudgetExceeded(s.tokens_used, s.token_budget)
+        if st == RLM_TIME_OVER:
+            self._t.count_refusal(st)
+            raise TimeBudgetExceeded(s.time_used_ms, s.time_budget_ms)
+        if st == RLM_DEPTH_EXCEEDED:
+            self._t.count_refusal(st)
+            if at_limit:
+                raise RecursionDepthExceeded(<object>s.depth + 1, s.max_depth)
+            raise RecursionDepthExceeded(s.depth, s.max_depth)
+        _fail(self._t, st, who, "begin_call")
+
+    def end_call(self, session_id, *, tokens=0, elapsed_ms=0):
+        """Close one model call, in one atomic step (one lock): charge
+        `tokens` and `elapsed_ms` with roll-up (all or nothing against
+        2**64-1) and take the depth back down; then raise as the charges
+        would (tokens first), else return the session's BudgetStatus."""
+        cdef SidKey k
+        cdef CallEnd r
+        cdef int st
+        _mkey(self._t, session_id, &k)
+        cdef uint64_t amount = _u64(tokens, "tokens")
+        cdef uint64_t elapsed = _u64(elapsed_ms, "elapsed_ms")
+        cdef int64_t now = self._now()
+        cdef SidKey who = k
+        st = self._t.end_call(k, now, amount, elapsed, &r, &who)
+        if st == RLM_OK:
+            return _budget(r.own.token_budget, r.own.tokens_used, r.own.time_budget_ms,
+                           r.own.time_used_ms, r.own.max_depth, r.own.depth)
+        if st == RLM_TOKENS_OVER:
+            self._t.count_refusal(st)
+            raise TokenBudgetExceeded(r.used, r.limit)  # spent: the charge stays
+        if st == RLM_TIME_OVER:
+            self._t.count_refusal(st)
+            raise TimeBudgetExceeded(r.used, r.limit)
+        if st == RLM_U64_OVERFLOW:
+            raise ValueError(MSG_TIME_OVERFLOW if r.time_overflow else MSG_TOKENS_OVERFLOW)
+        _fail(self._t, st, who, "end_call")
+
+    def call(self, session_id):
+        """Context manager around one model call: `begin_call` on entry; on
+        every exit `end_call` with the `tokens` set on the yielded object and
+        the elapsed wall time (the manager's clock if it has one)."""
+        cdef SidKey k
+        _mkey(self._t, session_id, &k)
+        sid = _sid(k)
+        begin = self.begin_call
+        end = self.end_call
+        return ModelCall(
+            lambda: begin(sid),
+            lambda tokens, elapsed: end(sid, tokens=tokens, elapsed_ms=elapsed),
+            self._clock,
+        )
 
     # -- snapshots ------------------------------------------------------------------
 
@@ -1068,68 +1435,79 @@ cdef class SessionManager:
         cdef SidKey k
         cdef string snap
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(snapshot_id, "snapshot_id", False, &snap)
         if type(set_as_current) is not bool:
             raise TypeError("set_as_current must be a bool")
         cdef cbool current = set_as_current
         cdef int64_t now = self._now()
-        st = self._t.snapshot_created(k, now, snap, current)
+        cdef SidKey who = k
+        st = self._t.snapshot_created(k, now, snap, current, &who)
         if st == RLM_MAX_SNAPSHOTS:
             raise MaxSnapshotsReached(self._t.cfg.max_snapshots)
         if st != RLM_OK:
-            _fail(st, k, "record_snapshot_created")
+            _fail(self._t, st, who, "record_snapshot_created")
 
     def record_snapshot_restored(self, session_id, snapshot_id):
         cdef SidKey k
         cdef string snap
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         _utf8(snapshot_id, "snapshot_id", False, &snap)
         cdef int64_t now = self._now()
-        st = self._t.snapshot_restored(k, now, snap)
+        cdef SidKey who = k
+        st = self._t.snapshot_restored(k, now, snap, &who)
         if st != RLM_OK:
-            _fail(st, k, "record_snapshot_restored")
+            _fail(self._t, st, who, "record_snapshot_restored")
 
     def get_current_snapshot(self, session_id):
         cdef SidKey k
         cdef string snap
         cdef cbool had = False
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         st = self._t.current_snapshot(k, &snap, &had)
         if st != RLM_OK:
-            _fail(st, k, "get_current_snapshot")
+            _fail(self._t, st, k, "get_current_snapshot")
         return _text(snap) if had else None
 
     def clear_snapshot_tracking(self, session_id):
         cdef SidKey k
         cdef int st
-        _key(session_id, &k)
+        _mkey(self._t, session_id, &k)
         cdef int64_t now = self._now()
-        st = self._t.clear_snapshots(k, now)
+        cdef SidKey who = k
+        st = self._t.clear_snapshots(k, now, &who)
         if st != RLM_OK:
-            _fail(st, k, "clear_snapshot_tracking")
+            _fail(self._t, st, who, "clear_snapshot_tracking")
 
     # -- whole table ------------------------------------------------------------------
 
     def get_stats(self):
+        """The counters: each shard's read under its own lock in turn (no
+        walk of the table); they balance (created == destroyed + expired +
+        active)."""
         cdef Stats s
         s = self._t.stats()
         return _stats(s)
 
     def list_sessions(self):
+        """Every session, children included, in id order; read in pieces
+        (SPEC 15), so a session created meanwhile may be missing and one
+        removed meanwhile is not listed, but each is listed whole."""
         cdef vector[SessionCopy] rows
         cdef int st
-        cdef size_t i
         cdef vector[size_t] order
-        st = self._t.list(&rows, NULL)
-        if st == RLM_OK:
-            with nogil:
+        with nogil:
+            st = self._t.list(&rows, NULL)
+            if st == RLM_OK:
                 st = rlm_order_by_id(rows, &order)
         if st != RLM_OK:
             raise MemoryError()
-        return [_info(&rows[order[i]]) for i in range(rows.size())]
+        out = _infos_in_order(rows, order)
+        with nogil:
+            rows.clear()
+        return out
 
     # -- bulk API (numpy) ---------------------------------------------------------
 
@@ -1174,6 +1552,8 @@ cdef class SessionManager:
         dtype = budget_table_dtype()
         cdef vector[BudgetRow] rows
         cdef int st
+        cdef size_t size
+        cdef char *dst
         with nogil:
             st = self._t.budget_rows(&rows)
             if st == RLM_OK:
@@ -1182,33 +1562,59 @@ cdef class SessionManager:
             raise MemoryError()
         if dtype.itemsize != sizeof(BudgetRow):
             raise AssertionError("BudgetRow and BUDGET_TABLE_FIELDS disagree")
-        data = PyByteArray_FromStringAndSize(<const char *>rows.data(), rows.size() * sizeof(BudgetRow))
+        size = rows.size() * sizeof(BudgetRow)
+        data = PyByteArray_FromStringAndSize(NULL, size)
+        dst = PyByteArray_AS_STRING(data)
+        with nogil:  # the copy of a large table without the GIL
+            memcpy(dst, <const char *>rows.data(), size)
         return numpy().frombuffer(data, dtype=dtype)
 
     def _export(self):
-        """Every session and the counters, read in one atomic step (dump)."""
+        """Every session, the counters and each session's start depth (0
+        for a root), for dump: read in pieces as list_sessions is, the
+        counters last (`_dump.settle` makes a file of it that loads)."""
         cdef vector[SessionCopy] rows
         cdef Stats s
         cdef int st
-        cdef size_t i
+        cdef size_t i, n, piece = rlm_piece_size()
         cdef vector[size_t] order
-        st = self._t.list(&rows, &s)
-        if st == RLM_OK:
-            st = rlm_order_by_id(rows, &order)
+        with nogil:
+            st = self._t.list(&rows, &s)
+            if st == RLM_OK:
+                st = rlm_order_by_id(rows, &order)
         if st != RLM_OK:
             raise MemoryError()
-        infos = [_info(&rows[order[i]]) for i in range(rows.size())]
-        return infos, _stats(s)
+        n = rows.size()
+        cdef list starts = PyList_New(n)
+        cdef object item
+        cdef _Turns turns
+        _turns_init(&turns)
+        for i in range(n):
+            if i % piece == piece - 1:
+                _take_turns(&turns)
+            item = rows[order[i]].s.start_depth
+            Py_INCREF(item)
+            PyList_SET_ITEM(starts, i, item)
+        infos = _infos_in_order(rows, order)
+        with nogil:
+            rows.clear()
+        return infos, _stats(s), starts
 
-    def _restore(self, infos, counters):
-        """Fill an empty manager from `_export`'s rows (load): all or nothing."""
+    def _restore(self, infos, counters, start_depths=None):
+        """Fill an empty manager from `_export`'s rows (load): all or
+        nothing. Every parent must be a row, with no cycle, and a child's
+        start depth at most its depth (ValueError otherwise)."""
         checked = check_restore(infos, counters)
+        starts = check_tree(checked, start_depths)
         cdef vector[SessionCopy] rows
         cdef SessionInfo info
         cdef int st
+        cdef size_t i = 0
         for row in checked:
             info = row if type(row) is SessionInfo else SessionInfo._trusted(*row._astuple())
             rows.push_back(info.c)
+            rows.back().s.start_depth = starts[i] if info.c.has_parent else 0
+            i += 1
         cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
         st = self._t.restore(rows, created, destroyed, expired)
         if st == RLM_NOT_EMPTY:
@@ -1219,15 +1625,20 @@ cdef class SessionManager:
     def dump(self, path):
         """Write every session and the counters to `path`, atomically
         (docs/dump-format.md)."""
-        from ._serde import dump
+        from ._dump import dump
         dump(self, path)
 
     @classmethod
-    def load(cls, path, config=None, *, clock=None):
+    def load(cls, path, config=None, *, clock=None, on_remove=None):
         """A new manager holding what `dump` wrote, with the dumped config
-        unless `config` is given; a bad file raises Serialization."""
-        from ._serde import load
-        return load(cls, path, config, clock=clock)
+        unless `config` is given; a bad file raises Serialization. `clock`
+        and `on_remove` as for the constructor."""
+        from ._dump import load
+
+        def make(config, *, clock):
+            return cls(config, clock=clock, on_remove=on_remove)
+
+        return load(make, path, config, clock=clock)
 
     def __len__(self):
         cdef size_t n
@@ -1257,7 +1668,7 @@ cdef class SessionManager:
 
 
 # ---------------------------------------------------------------------------
-# the nogil C API declared in _core_c.pxd
+# the nogil C API declared in _session_c.pxd
 # ---------------------------------------------------------------------------
 
 cdef Table *rlm_table(SessionManager manager) noexcept:
@@ -1269,32 +1680,56 @@ cdef int64_t rlm_now_ns() noexcept nogil:
 
 
 cdef int rlm_is_valid(Table *t, const unsigned char *sid, int64_t now_ns) noexcept nogil:
-    return t.status_of(rlm_key_from_bytes(sid), now_ns)
+    cdef int st = t.status_of(rlm_key_from_bytes(sid), now_ns, NULL)
+    if st != RLM_OK:
+        t.count_refusal(st)
+    return st
 
 
 cdef int rlm_charge_tokens(Table *t, const unsigned char *sid, int64_t now_ns,
                            uint64_t amount, uint64_t *total) noexcept nogil:
     cdef uint64_t budget
-    return t.charge_tokens(rlm_key_from_bytes(sid), now_ns, amount, total, &budget)
+    cdef int st = t.charge_tokens(rlm_key_from_bytes(sid), now_ns, amount, total, &budget, NULL)
+    if st != RLM_OK:
+        t.count_refusal(st)
+    return st
 
 
 cdef int rlm_charge_time(Table *t, const unsigned char *sid, int64_t now_ns,
                          uint64_t amount_ms, uint64_t *total) noexcept nogil:
     cdef uint64_t budget
-    return t.charge_time(rlm_key_from_bytes(sid), now_ns, amount_ms, total, &budget)
+    cdef int st = t.charge_time(rlm_key_from_bytes(sid), now_ns, amount_ms, total, &budget, NULL)
+    if st != RLM_OK:
+        t.count_refusal(st)
+    return st
 
 
 cdef int rlm_depth_up(Table *t, const unsigned char *sid, int64_t now_ns,
                       uint64_t *depth) noexcept nogil:
     cdef uint64_t maximum
-    return t.increment(rlm_key_from_bytes(sid), now_ns, depth, &maximum)
+    cdef int st = t.increment(rlm_key_from_bytes(sid), now_ns, depth, &maximum, NULL)
+    if st != RLM_OK:
+        t.count_refusal(st)
+    return st
 
 
 cdef int rlm_depth_down(Table *t, const unsigned char *sid, int64_t now_ns,
                         uint64_t *depth) noexcept nogil:
-    return t.decrement(rlm_key_from_bytes(sid), now_ns, depth)
+    cdef int st = t.decrement(rlm_key_from_bytes(sid), now_ns, depth, NULL)
+    if st != RLM_OK:
+        t.count_refusal(st)
+    return st
 
 
 cdef int rlm_vm_of(Table *t, const unsigned char *sid, char *buf, size_t size,
                    size_t *length) noexcept nogil:
+    # A lookup, like get_assigned_vm: counts nowhere.
     return t.copy_vm(rlm_key_from_bytes(sid), buf, size, length)
+
+
+# ---------------------------------------------------------------------------
+# registration: the shared code finds this core's classes by identity
+# ---------------------------------------------------------------------------
+
+register_session_id(SessionId)
+register_results(info=SessionInfo, budget=BudgetStatus, stats=SessionStats)

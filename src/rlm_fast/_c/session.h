@@ -1,0 +1,135 @@
+/* rlm_fast compiled core: what the table stores and hands out: a session's
+ * fields, the plain copies results are built from, the configuration, the
+ * counters and the packed rows of budget_table(). */
+#ifndef RLM_FAST_SESSION_H
+#define RLM_FAST_SESSION_H
+
+#include <stdint.h>
+#include <string.h>
+#include <algorithm>
+#include <map>
+#include <new>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "ids.h"
+#include "status.h"
+
+namespace rlm_fast {
+
+/* What a session has only sometimes: allocated on first use. */
+struct Extras {
+    bool has_vm = false;
+    bool has_snapshot = false;
+    std::string vm;
+    std::string snapshot;
+    std::map<std::string, std::string> context; /* sorted by key bytes */
+    /* The call tree (docs/trees.md): a child's parent (set when
+     * Session::start_depth > 0, so every child has Extras), and the direct
+     * children, unordered; a session without children keeps it empty. */
+    SidKey parent = SidKey();
+    std::vector<SidKey> children;
+};
+
+struct Session { /* zero-initialised: no field is ever read unset */
+    int64_t created_ns = 0;
+    int64_t expires_ns = 0;
+    uint64_t extension_count = 0;
+    uint64_t depth = 0; /* the one source of truth for recursion depth */
+    uint64_t token_budget = 0;
+    uint64_t tokens_used = 0;
+    uint64_t time_budget_ms = 0;
+    uint64_t time_used_ms = 0;
+    uint64_t max_depth = 0;
+    uint64_t snapshot_count = 0;
+    Extras *extras = NULL; /* owned; NULL until needed (always set for a child) */
+    int state = RLM_INITIALIZING;
+    /* 0 for a root; a child's depth at creation (>= 1), the floor of its
+     * depth. It sits in what was padding: a root costs no byte more. */
+    uint32_t start_depth = 0;
+};
+
+static_assert(sizeof(void *) != 8 || sizeof(Session) == 96,
+              "Session grew: a root session should cost what it did before trees");
+
+/* A plain copy of one session, made under the lock, turned into a
+ * SessionInfo after it is released. */
+struct SessionCopy {
+    SidKey key = SidKey();
+    Session s;
+    bool has_vm = false;
+    bool has_snapshot = false;
+    std::string vm;
+    std::string snapshot;
+    std::vector<std::pair<std::string, std::string>> context;
+    bool has_parent = false; /* a child: parent and root are set */
+    SidKey parent = SidKey();
+    SidKey root = SidKey();  /* a root's own key */
+};
+
+/* The order that sorts `rows` by id (sorting indices, not the copies). */
+static inline int rlm_order_by_id(const std::vector<SessionCopy> &rows,
+                                  std::vector<size_t> *order) {
+    try {
+        order->resize(rows.size());
+    } catch (const std::bad_alloc &) {
+        return RLM_NOMEM;
+    }
+    for (size_t i = 0; i < rows.size(); ++i) (*order)[i] = i;
+    std::sort(order->begin(), order->end(),
+              [&rows](size_t a, size_t b) { return rows[a].key < rows[b].key; });
+    return RLM_OK;
+}
+
+/* Hand a copy over to a result object without copying its strings. */
+static inline void rlm_move_copy(SessionCopy &dst, SessionCopy &src) {
+    dst = std::move(src);
+}
+
+struct Config {
+    int64_t duration_ns;
+    int64_t increment_ns;
+    uint64_t max_extensions;
+    uint64_t token_budget;
+    uint64_t time_budget_ms;
+    uint64_t max_depth;
+    uint64_t max_snapshots; /* 0: no limit */
+};
+
+/* One row of budget_table(): the packed layout of _bulk.BUDGET_TABLE_FIELDS
+ * (native byte order; the id big-endian). */
+#pragma pack(push, 1)
+struct BudgetRow {
+    unsigned char id[16];
+    uint8_t state;
+    int64_t expires_ns;
+    uint64_t tokens_used, token_budget, time_used_ms, time_budget_ms;
+    uint64_t depth, max_depth, extension_count, snapshot_count;
+    uint8_t has_vm;
+};
+#pragma pack(pop)
+
+/* Sort rows by id: memcmp of big-endian ids is numeric order. */
+static inline void rlm_sort_rows(std::vector<BudgetRow> &rows) {
+    std::sort(rows.begin(), rows.end(), [](const BudgetRow &a, const BudgetRow &b) {
+        return memcmp(a.id, b.id, 16) < 0;
+    });
+}
+
+struct Stats {
+    uint64_t created, active, with_vm, destroyed, expired;
+    uint64_t rejected[RLM_NREFUSALS]; /* RlmRefusal order */
+};
+
+/* What model-call step end_call did (Table::end_call). */
+struct CallEnd {
+    Session own;       /* the session's fields after the step */
+    uint64_t used;     /* TOKENS_OVER / TIME_OVER: the total and budget of */
+    uint64_t limit;    /* the session nearest the root whose budget was passed */
+    bool time_overflow; /* U64_OVERFLOW: the time amount (else the tokens) */
+};
+
+} /* namespace rlm_fast */
+
+#endif /* RLM_FAST_SESSION_H */

@@ -12,14 +12,14 @@ import pytest
 import conftest_hypothesis  # noqa: F401  (registers --hypothesis-profile=ci/long)
 from redis_server import RedisServer, redis_core
 from redis_server import unavailable as redis_unavailable
-from rlm_fast import _budget_py, _core_py
+from rlm_fast import _budget_py, _session_py
 
 try:
-    from rlm_fast import _budget_c, _core_c
+    from rlm_fast import _budget_c, _session_c
 except ImportError as exc:  # not built
     if os.environ.get("RLM_FAST_REQUIRE_EXTENSIONS") == "1":
         raise
-    _budget_c = _core_c = None  # type: ignore[assignment]
+    _budget_c = _session_c = None  # type: ignore[assignment]
     _C_MISSING = f"compiled core not built ({exc})"
 else:
     _C_MISSING = ""
@@ -37,8 +37,8 @@ def _namespace(name: str, core: types.ModuleType, budget: types.ModuleType) -> t
     )
 
 
-PY = _namespace("python", _core_py, _budget_py)
-C = None if _core_c is None else _namespace("cython", _core_c, _budget_c)
+PY = _namespace("python", _session_py, _budget_py)
+C = None if _session_c is None else _namespace("cython", _session_c, _budget_c)
 
 _REDIS_MISSING = redis_unavailable()  # why the Redis core cannot run, or ""
 
@@ -107,3 +107,9 @@ def make_manager(core, clock):  # type: ignore[no-untyped-def]
         return core.SessionManager(RlmConfig(**fields), clock=clock)
 
     return make
+
+
+def table_state(m):  # type: ignore[no-untyped-def]
+    """What a refused call must leave as it was: every row and the table's
+    counters (the rejected_* counters count refusals, so they move)."""
+    return m.list_sessions(), m.get_stats()._astuple()[:5]

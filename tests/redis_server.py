@@ -189,14 +189,21 @@ def redis_core(server: RedisServer) -> types.SimpleNamespace:
         """RedisSessionManager with the in-process constructor's signature,
         each on a fresh namespace of the test server."""
 
-        def __init__(self, config: Any = None, *, clock: Any = None) -> None:
-            super().__init__(client, config, namespace=f"t{run}-{next(serial)}", clock=clock)
+        def __init__(self, config: Any = None, *, clock: Any = None, on_remove: Any = None) -> None:
+            super().__init__(
+                client, config, namespace=f"t{run}-{next(serial)}", clock=clock, on_remove=on_remove
+            )
 
         @classmethod
-        def load(cls, path: Any, config: Any = None, *, clock: Any = None) -> Any:  # type: ignore[override]
-            from rlm_fast._serde import load
+        def load(  # type: ignore[override]
+            cls, path: Any, config: Any = None, *, clock: Any = None, on_remove: Any = None
+        ) -> Any:
+            from rlm_fast._dump import load
 
-            return load(cls, path, config, clock=clock)
+            def make(config: Any, *, clock: Any) -> Any:
+                return cls(config, clock=clock, on_remove=on_remove)
+
+            return load(make, path, config, clock=clock)
 
     # Ids and results are the active core's, as rlm_fast.SessionManager's.
     return types.SimpleNamespace(

@@ -7,6 +7,7 @@ compares `list_sessions()` and `get_stats()` before and after.
 from __future__ import annotations
 
 import pytest
+from conftest import table_state
 
 from rlm_fast import (
     BudgetStatus,
@@ -88,7 +89,7 @@ def call(m, name, *args):  # type: ignore[no-untyped-def]
 
 
 def snapshot(m):  # type: ignore[no-untyped-def]
-    return m.list_sessions(), m.get_stats()
+    return table_state(m)
 
 
 @pytest.fixture
@@ -335,7 +336,7 @@ def test_argument_checks_come_before_existence(populated) -> None:
 # many rejected calls in a row do not crash the interpreter (subprocess)
 # --------------------------------------------------------------------------
 
-_MODULE_OF_CORE = {"python": "rlm_fast._core_py", "cython": "rlm_fast._core_c"}
+_MODULE_OF_CORE = {"python": "rlm_fast._session_py", "cython": "rlm_fast._session_c"}
 
 _HAMMER = """
 import importlib, sys

@@ -20,6 +20,7 @@ import enum
 import fractions
 
 import pytest
+from conftest import table_state
 
 from rlm_fast import (
     BackendType,
@@ -75,7 +76,7 @@ class StrLike:
 
 
 def snapshot(m):  # type: ignore[no-untyped-def]
-    return m.list_sessions(), m.get_stats()
+    return table_state(m)
 
 
 def assert_refused(m, exc, call, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -379,21 +380,22 @@ def test_budget_status_refuses_out_of_range_fields(core, field) -> None:
         values[field] = bad
         with pytest.raises(exc):
             core.BudgetStatus(*values)
-    values = [U64_MAX] * 6
-    assert core.BudgetStatus(*values)._astuple() == (U64_MAX,) * 6
+    values = [U64_MAX] * 4 + [2**32 - 1] * 2
+    assert core.BudgetStatus(*values)._astuple() == tuple(values)
 
 
-def test_update_budget_takes_u64_max_everywhere(core, table) -> None:
+def test_update_budget_takes_each_field_at_its_maximum(core, table) -> None:
     m, ids = table
-    m.update_budget(ids["live"], core.BudgetStatus(*[U64_MAX] * 6))
+    # u64 budgets, u32 depths (the crate's types)
+    m.update_budget(ids["live"], core.BudgetStatus(*[U64_MAX] * 4, 2**32 - 1, 2**32 - 1))
     info = m.get_session(ids["live"])
-    assert info.recursion_depth == info.budget_status.current_recursion_depth == U64_MAX
+    assert info.recursion_depth == info.budget_status.current_recursion_depth == 2**32 - 1
     assert_refused(m, ValueError, m.charge_tokens, ids["live"], 1)
     assert_refused(m, ValueError, m.charge_time, ids["live"], 1)
     with pytest.raises(Exception) as err:
         m.increment_recursion_depth(ids["live"])  # depth == max: refused
     assert type(err.value).__name__ == "RecursionDepthExceeded"
-    assert err.value.depth == 2**64  # reported without wrapping
+    assert err.value.depth == 2**32  # reported past the u32 limit, exactly
 
 
 # --------------------------------------------------------------------------

@@ -465,13 +465,14 @@ def test_zero_max_depth(core, clock) -> None:
     assert tracker.current_depth() == 0
 
 
-def test_push_at_u64_max_depth_reports_without_wrapping(core, clock) -> None:
-    status = BudgetStatus(max_recursion_depth=U64_MAX, current_recursion_depth=U64_MAX)
+def test_push_at_u32_max_depth_reports_without_wrapping(core, clock) -> None:
+    # The crate's depth is a u32: the largest a BudgetStatus can carry.
+    status = BudgetStatus(max_recursion_depth=2**32 - 1, current_recursion_depth=2**32 - 1)
     tracker = core.BudgetTracker.from_status(status, clock=clock)
     with pytest.raises(RecursionDepthExceeded) as info:
         tracker.push_recursion()
-    assert info.value.depth == 2**64
-    assert tracker.current_depth() == U64_MAX
+    assert info.value.depth == 2**32
+    assert tracker.current_depth() == 2**32 - 1
 
 
 def test_check_recursion_depth_above_max(core, clock) -> None:
@@ -769,11 +770,11 @@ def test_child_bad_input(tracker, kwargs, exc, message) -> None:
 
 def test_child_depth_cannot_wrap(core, clock) -> None:
     tracker = core.BudgetTracker.from_status(
-        BudgetStatus(max_recursion_depth=U64_MAX, current_recursion_depth=U64_MAX), clock=clock
+        BudgetStatus(max_recursion_depth=2**32 - 1, current_recursion_depth=2**32 - 1), clock=clock
     )
     with pytest.raises(ValueError) as info:
         tracker.child()
-    assert str(info.value) == "child recursion depth would pass 2**64-1"
+    assert str(info.value) == "child recursion depth would pass 2**32-1"
 
 
 # ---------------------------------------------------------------------------

@@ -112,7 +112,7 @@ import sys
 sys.modules["numpy"] = None
 import importlib
 import rlm_fast
-mod = importlib.import_module({{"python": "rlm_fast._core_py", "cython": "rlm_fast._core_c"}}[{core.name!r}])
+mod = importlib.import_module({{"python": "rlm_fast._session_py", "cython": "rlm_fast._session_c"}}[{core.name!r}])
 m = mod.SessionManager()
 sid = m.create_session().id
 assert m.is_session_valid(sid)

@@ -1,4 +1,4 @@
-"""The cimport-able C API (`rlm_fast/_core_c.pxd`): a small extension that
+"""The cimport-able C API (`rlm_fast/_session_c.pxd`): a small extension that
 uses it from `with nogil:` blocks is built here and driven from threads."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from conftest import C  # noqa: E402
 
 pytestmark = pytest.mark.skipif(C is None, reason="compiled core not built")
 
-# RlmStatus values (src/rlm_fast/_core_c.h)
+# RlmStatus values (src/rlm_fast/_session_c.h)
 OK, NOT_FOUND, TERMINATED, EXPIRED = 0, 1, 2, 3
+U64_OVERFLOW, TOKENS_OVER = 8, 9
 NO_VM, BUFFER_TOO_SMALL = 14, 15
 
 SETUP = """
@@ -65,8 +66,8 @@ def capi(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-d
 
 def test_get_include_holds_the_header_and_pxd() -> None:
     inc = Path(rlm_fast.get_include())
-    assert (inc / "_core_c.h").is_file()
-    assert (inc / "_core_c.pxd").is_file()
+    assert (inc / "_session_c.h").is_file()
+    assert (inc / "_session_c.pxd").is_file()
 
 
 def test_statuses_match_the_python_api(capi) -> None:  # type: ignore[no-untyped-def]
@@ -136,3 +137,59 @@ def test_depth_never_passes_the_maximum_under_threads(capi) -> None:  # type: ig
     done = sum(r["charged"] + r["too_deep"] for r in results)
     assert done == 6 * 5_000
     assert m.get_session(sid).recursion_depth == 0
+
+
+def test_the_c_api_leaves_the_global_namespace_alone(capi) -> None:  # type: ignore[no-untyped-def]
+    # capi_user defines its own global Table, Session and Config: it only
+    # compiled because the header keeps its own in namespace rlm_fast.
+    assert capi.own_names() == 7
+
+
+def test_charges_roll_up_through_the_c_api(capi) -> None:  # type: ignore[no-untyped-def]
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    m = C.SessionManager(rlm_fast.RlmConfig(token_budget=100, session_duration_secs=60), clock=clock)
+    root = m.create_session().id
+    kid = m.create_child_session(root, token_budget=50).id
+    grand = m.create_child_session(kid, token_budget=40).id
+    assert capi.charge(m, grand.bytes, clock.now, 30) == (OK, 30)
+    assert [m.get_session(s).budget_status.tokens_used for s in (root, kid, grand)] == [30, 30, 30]
+    # Past the kid's and the grandchild's budgets: the one nearest the root
+    # is reported, and the charge stays on the whole path.
+    assert capi.charge(m, grand.bytes, clock.now, 25) == (TOKENS_OVER, 55)
+    assert [m.get_session(s).budget_status.tokens_used for s in (root, kid, grand)] == [55, 55, 55]
+    # Past 2**64-1 anywhere on the path: nothing recorded.
+    m.update_budget(root, m.get_session(root).budget_status.replace(tokens_used=2**64 - 10))
+    assert capi.charge(m, grand.bytes, clock.now, 20)[0] == U64_OVERFLOW
+    assert [m.get_session(s).budget_status.tokens_used for s in (kid, grand)] == [55, 55]
+    # Validity flows down.
+    m.update_session_state(root, "Terminated")
+    assert capi.status(m, grand.bytes, clock.now) == TERMINATED
+    assert capi.charge(m, grand.bytes, clock.now, 1)[0] == TERMINATED
+
+
+def test_c_api_refusals_count_like_the_python_api(capi) -> None:  # type: ignore[no-untyped-def]
+    # A refusal status returned by the C API counts in SessionStats'
+    # rejected_* counter of the error the Python method would raise
+    # (docs/lifecycle.md); other statuses, and the VM lookup, count nowhere.
+    from conftest import FakeClock
+
+    clock = FakeClock()
+    m = C.SessionManager(rlm_fast.RlmConfig(token_budget=100, session_duration_secs=60), clock=clock)
+    sid = m.create_session().id
+    assert capi.status(m, sid.bytes, clock.now) == OK
+    assert capi.charge(m, sid.bytes, clock.now, 10) == (OK, 10)
+    assert capi.vm_of(m, C.SessionId().bytes, 16)[0] == NOT_FOUND
+    zero = m.get_stats()
+    assert (zero.rejected_not_found, zero.rejected_tokens, zero.rejected_expired) == (0, 0, 0)
+    assert capi.status(m, C.SessionId().bytes, clock.now) == NOT_FOUND
+    assert capi.charge(m, C.SessionId().bytes, clock.now, 1)[0] == NOT_FOUND
+    assert capi.charge(m, sid.bytes, clock.now, 100) == (TOKENS_OVER, 110)
+    m.update_budget(sid, m.get_session(sid).budget_status.replace(tokens_used=2**64 - 1))
+    assert capi.charge(m, sid.bytes, clock.now, 1)[0] == U64_OVERFLOW  # a ValueError: not counted
+    assert capi.status(m, sid.bytes, clock.now + 61 * 10**9) == EXPIRED
+    stats = m.get_stats()
+    assert (stats.rejected_not_found, stats.rejected_tokens, stats.rejected_expired) == (2, 1, 1)
+    assert (stats.rejected_invalid_token, stats.rejected_terminated) == (0, 0)
+    assert (stats.rejected_time, stats.rejected_depth) == (0, 0)

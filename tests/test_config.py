@@ -99,6 +99,7 @@ OPTIONAL_STR_FIELDS = [
 DURATION_FIELDS = ["session_duration_secs", "extension_increment_secs"]
 MAX_DURATION_SECS = 9_223_372_036
 U64_MAX = 2**64 - 1
+U32_FIELDS = ("max_recursion_depth", "max_extensions", "max_snapshots_per_session")
 
 # serde_json::to_value(RlmConfig::default()) of the crate.
 CRATE_DEFAULT_JSON = {
@@ -397,7 +398,13 @@ def test_numbers_must_be_ints_in_u64_range(name: str, value: object) -> None:
 @pytest.mark.parametrize("name", INT_FIELDS)
 def test_u64_bounds(name: str) -> None:
     assert config_error(with_fields(**{name: 2**64})).startswith(name)
-    limit = MAX_DURATION_SECS if name in DURATION_FIELDS else U64_MAX
+    if name in DURATION_FIELDS:
+        limit = MAX_DURATION_SECS
+    elif name in U32_FIELDS:  # the crate's u32 fields
+        limit = 2**32 - 1
+        assert config_error(with_fields(**{name: limit + 1})).startswith(name)
+    else:
+        limit = U64_MAX
     # Set the related fields too, so that only the bound is under test.
     related = {
         "pool_min_size": ("pool_max_size",),

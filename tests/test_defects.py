@@ -8,6 +8,7 @@ Defect 9 is BudgetTracker's and is covered by its own test module.
 from __future__ import annotations
 
 import pytest
+from conftest import table_state
 
 from rlm_fast import (
     BudgetStatus,
@@ -45,7 +46,7 @@ def assert_vm_maps_consistent(m, vms) -> None:  # type: ignore[no-untyped-def]
 
 
 def state_of(m):  # type: ignore[no-untyped-def]
-    return m.list_sessions(), m.get_stats()
+    return table_state(m)
 
 
 # --------------------------------------------------------------------------

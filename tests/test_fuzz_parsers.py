@@ -444,7 +444,7 @@ print(counts)
 '''
 
 
-@pytest.mark.parametrize("module", ["rlm_fast._core_py", "rlm_fast._core_c"])
+@pytest.mark.parametrize("module", ["rlm_fast._session_py", "rlm_fast._session_c"])
 def test_corpus_in_a_subprocess(module) -> None:
     if module.endswith("_c") and C is None:
         pytest.skip("compiled core not built")

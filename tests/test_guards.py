@@ -21,7 +21,7 @@ import rlm_fast
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(rlm_fast.__file__)))
 
 try:
-    from rlm_fast import _budget_c, _core_c  # noqa: F401
+    from rlm_fast import _budget_c, _session_c  # noqa: F401
 except ImportError:
     COMPILED_BUILT = False
 else:
@@ -50,7 +50,7 @@ def run_python(code: str, *flags: str, **env_changes: str | None) -> subprocess.
 
 
 WHICH = (
-    "import rlm_fast, rlm_fast._core_py as p\n"
+    "import rlm_fast, rlm_fast._session_py as p\n"
     "print(rlm_fast.IMPLEMENTATION)\n"
     "print(rlm_fast.SessionManager is p.SessionManager, rlm_fast.SessionId is p.SessionId)\n"
 )
@@ -66,8 +66,8 @@ def test_the_compiled_core_is_in_use_when_built() -> None:
         assert rlm_fast.IMPLEMENTATION == "python"
     elif COMPILED_BUILT:
         assert rlm_fast.IMPLEMENTATION == "cython"
-        assert rlm_fast.SessionManager is _core_c.SessionManager
-        assert rlm_fast.SessionId is _core_c.SessionId
+        assert rlm_fast.SessionManager is _session_c.SessionManager
+        assert rlm_fast.SessionId is _session_c.SessionId
         assert rlm_fast.BudgetTracker is _budget_c.BudgetTracker
     else:
         assert rlm_fast.IMPLEMENTATION == "python"
@@ -130,10 +130,10 @@ MODULES = ["rlm_fast"] + sorted(
 
 
 def test_the_module_list_is_complete() -> None:
-    for name in ("_selector", "_types", "_core_py", "_budget_py", "errors", "config"):
+    for name in ("_selector", "_checks", "_registry", "_session_id_py", "_json", "_results", "_bulk", "_dump", "_session_py", "_budget_py", "errors", "config"):
         assert f"rlm_fast.{name}" in MODULES
     if COMPILED_BUILT:
-        assert "rlm_fast._core_c" in MODULES
+        assert "rlm_fast._session_c" in MODULES
         assert "rlm_fast._budget_c" in MODULES
 
 
@@ -160,7 +160,7 @@ def test_every_module_imports_isolated_with_warnings_as_errors(module, no_ext) -
 )
 def test_import_does_not_reenable_the_gil() -> None:
     proc = run_python(
-        "import sys, rlm_fast, rlm_fast._core_py, rlm_fast._budget_py\n"
+        "import sys, rlm_fast, rlm_fast._session_py, rlm_fast._budget_py\n"
         "print(rlm_fast.IMPLEMENTATION, sys._is_gil_enabled())",
         "-W",
         "error::RuntimeWarning",
@@ -239,12 +239,12 @@ def test_everything_in_all_exists() -> None:
 
 def test_public_types_name_the_public_module() -> None:
     # The Python-defined classes say so; the compiled result classes are
-    # rlm_fast._core_c's, but their pickles name rlm_fast (next test).
+    # rlm_fast._session_c's, but their pickles name rlm_fast (next test).
     assert rlm_fast.SessionState.__module__ == "rlm_fast"
-    from rlm_fast import _types
+    from rlm_fast import _results
 
     for name in ("SessionInfo", "BudgetStatus", "SessionStats"):
-        assert getattr(_types, name).__module__ == "rlm_fast", name
+        assert getattr(_results, name).__module__ == "rlm_fast", name
 
 
 def test_result_pickles_name_the_public_path(core) -> None:
@@ -257,7 +257,7 @@ def test_result_pickles_name_the_public_path(core) -> None:
         assert type(value) is getattr(core, type(value).__name__)
         data = pickle.dumps(value)
         assert b"rlm_fast" in data
-        for private in (b"_core_c", b"_core_py", b"_types"):
+        for private in (b"_session_c", b"_session_py", b"_results", b"_registry"):
             assert private not in data, (type(value).__name__, private)
         again = pickle.loads(data)
         assert again == value

@@ -28,9 +28,9 @@ PACKAGE_DIR = Path(rlm_fast.__file__).resolve().parent
 EXPECT = os.environ.get("RLM_FAST_EXPECT_INSTALLED", "")
 
 try:
-    from rlm_fast import _budget_c, _core_c
+    from rlm_fast import _budget_c, _session_c
 except ImportError:
-    _core_c = _budget_c = None  # type: ignore[assignment]
+    _session_c = _budget_c = None  # type: ignore[assignment]
 
 
 def _own_distribution() -> importlib.metadata.Distribution | None:
@@ -61,7 +61,7 @@ def test_version_is_single_sourced() -> None:
 
 def test_the_package_is_typed() -> None:
     assert (PACKAGE_DIR / "py.typed").is_file()
-    for stub in ("_core_c.pyi", "_budget_c.pyi"):
+    for stub in ("_session_c.pyi", "_budget_c.pyi"):
         assert (PACKAGE_DIR / stub).is_file(), stub
 
 
@@ -89,12 +89,12 @@ def _runtime_names(cls: type) -> set[str]:
     return {n for n in vars(cls) if not hasattr(object, n) and n not in cython}
 
 
-@pytest.mark.skipif(_core_c is None, reason="compiled core not built")
-@pytest.mark.parametrize("module_name", ["_core_c", "_budget_c"])
+@pytest.mark.skipif(_session_c is None, reason="compiled core not built")
+@pytest.mark.parametrize("module_name", ["_session_c", "_budget_c"])
 def test_stubs_declare_what_the_compiled_module_has(module_name: str) -> None:
     # A cheap, per-platform cousin of stubtest (which CI runs once): every
     # class and method of the compiled module is in its .pyi, and back.
-    module: types.ModuleType = {"_core_c": _core_c, "_budget_c": _budget_c}[module_name]
+    module: types.ModuleType = {"_session_c": _session_c, "_budget_c": _budget_c}[module_name]
     stub = _stub_classes(f"{module_name}.pyi")
     for cls_name, declared in stub.items():
         cls = getattr(module, cls_name, None)
@@ -141,8 +141,8 @@ def test_the_expected_core_is_in_use() -> None:
     suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     compiled = sorted(p.name for p in PACKAGE_DIR.iterdir() if p.name.endswith(suffixes))
     if want == "cython":
-        assert _core_c is not None and _budget_c is not None
-        for module in (_core_c, _budget_c):
+        assert _session_c is not None and _budget_c is not None
+        for module in (_session_c, _budget_c):
             assert Path(module.__file__ or "").resolve().parent == PACKAGE_DIR
         assert len(compiled) == 2, compiled
     else:
@@ -169,5 +169,5 @@ def test_the_wheel_tag_fits_the_core() -> None:
         assert tag_abi == abi, tag
         assert platform != "any", tag
     files = {str(f) for f in dist.files or ()}
-    for name in ("py.typed", "_core_c.pyi", "_budget_c.pyi", "_core_c.pxd", "_core_c.h"):
+    for name in ("py.typed", "_session_c.pyi", "_budget_c.pyi", "_session_c.pxd", "_session_c.h"):
         assert f"rlm_fast/{name}" in files, name

@@ -84,6 +84,30 @@ def test_namespaces_spread_over_nodes_each_in_one_slot(cluster) -> None:  # type
     assert len(nodes_used) > 1  # the namespaces really are on different nodes
 
 
+def test_a_tree_lives_in_its_namespace_s_slot(cluster) -> None:  # type: ignore[no-untyped-def]
+    # The scripts walk a session's ancestors and subtree through keys built
+    # from its own: all in the namespace's slot, so they run on one node.
+    from rlm_fast import RlmConfig, SessionState
+    from rlm_fast.redis import RedisSessionManager
+
+    for namespace in ("trees-a", "trees-b", "trees-c"):
+        m = RedisSessionManager(cluster, RlmConfig(session_duration_secs=60, token_budget=100), namespace=namespace)
+        root = m.create_session().id
+        kid = m.create_child_session(root).id
+        grand = m.create_child_session(kid, token_budget=40).id
+        assert m.charge_tokens(grand, 30) == 30
+        assert [m.get_session(s).budget_status.tokens_used for s in (root, kid, grand)] == [30, 30, 30]
+        assert m.check_budget(grand).tokens_used == 30
+        assert m.children(root) == [kid] and m.children(kid) == [grand]
+        slot = cluster.keyslot("{" + namespace + "}:stats")
+        assert cluster.keyslot("{" + namespace + f"}}:c:{kid}") == slot
+        m.update_session_state(root, SessionState.TERMINATED)
+        assert not m.is_session_valid(grand)
+        m.destroy_session(root)
+        stats = m.get_stats()
+        assert (stats.total_sessions_created, stats.active_sessions, stats.total_sessions_destroyed) == (3, 0, 3)
+
+
 def test_scripts_reload_on_every_node(cluster) -> None:  # type: ignore[no-untyped-def]
     from rlm_fast.redis import RedisSessionManager
 
@@ -91,3 +115,40 @@ def test_scripts_reload_on_every_node(cluster) -> None:  # type: ignore[no-untyp
     s = m.create_session().id
     cluster.script_flush()
     assert m.charge_tokens(s, 2) == 2
+
+
+def test_the_async_manager_on_an_asyncio_cluster_client(cluster) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    pytest.importorskip("pytest_asyncio")
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    from rlm_fast import RlmConfig
+    from rlm_fast.redis import AsyncRedisSessionManager
+
+    port = cluster.get_default_node().port
+
+    async def run() -> None:
+        client = AsyncRedisCluster(host="127.0.0.1", port=port)
+        try:
+            heard: list[str] = []
+            m = AsyncRedisSessionManager(
+                client, RlmConfig(session_duration_secs=60), namespace="async-tenant",
+                on_remove=lambda info, reason: heard.append(reason),
+            )
+            root = (await m.create_session()).id
+            kid = (await m.create_child_session(root, token_budget=50)).id
+            await m.assign_vm(kid, "vm-a")
+            async with m.call(kid) as step:
+                step.tokens = 5
+            assert (await m.get_session(root)).budget_status.tokens_used == 5
+            assert [i.id for i in await m.list_sessions()] == sorted([root, kid])
+            assert await m.cleanup_expired_sessions() == []
+            assert (await m.destroy_session(root)).id == root
+            assert heard == ["destroyed", "cascade"]
+            stats = await m.get_stats()
+            assert (stats.active_sessions, stats.total_sessions_destroyed) == (0, 2)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())

@@ -183,7 +183,171 @@ def test_four_processes_one_table(redis_server) -> None:  # type: ignore[no-unty
     )
     assert Counter(map(str, later.cleanup_expired_sessions())) == Counter(str(i.id) for i in infos)
     assert len(m) == 0 and m.get_stats().sessions_with_vm == 0
-    assert sorted(k.decode() for k in client.scan_iter(match="{" + namespace + "}*")) == [
-        "{" + namespace + "}:stats"
+    # Only the counters stay (the refusal counters when some call was refused).
+    left = sorted(k.decode() for k in client.scan_iter(match="{" + namespace + "}*"))
+    assert left in (
+        ["{" + namespace + "}:stats"],
+        ["{" + namespace + "}:refusals", "{" + namespace + "}:stats"],
+    )
+    client.close()
+
+
+TREE_WORKER = textwrap.dedent(
+    """
+    import json, random, sys, time
+    import redis
+    from rlm_fast import RecursionDepthExceeded, RlmConfig, SessionNotFound
+    from rlm_fast.redis import RedisSessionManager
+
+    port, namespace, index, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    client = redis.Redis(host="127.0.0.1", port=int(port))
+    m = RedisSessionManager(client, RlmConfig(session_duration_secs=3600, max_recursion_depth=8),
+                            namespace=namespace)
+    nodes = json.loads(client.get("rlmtest:" + namespace + ":tree"))
+    names = sorted(nodes)
+    rng = random.Random(index)
+    out = {"tokens": {n: 0 for n in names}, "time": {n: 0 for n in names},
+           "totals": {n: [] for n in names}, "temp": {n: [0, 0] for n in names},
+           "made": 0, "destroyed": 0, "depths": [], "ops": 0}
+    client.incr("rlmtest:" + namespace + ":ready")
+    while not client.exists("rlmtest:" + namespace + ":go"):
+        time.sleep(0.001)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        out["ops"] += 1
+        name = rng.choice(names)
+        sid = nodes[name]
+        op = rng.random()
+        if op < 0.6:
+            out["totals"][name].append(m.charge_tokens(sid, 1))
+            out["tokens"][name] += 1
+            ms = rng.randint(0, 9)
+            m.charge_time(sid, ms)
+            out["time"][name] += ms
+        elif op < 0.8 and name.startswith("leaf"):
+            # A short-lived sub-call under a leaf: charged, then destroyed;
+            # what it spent stays on every ancestor.
+            temp = m.create_child_session(sid).id
+            out["made"] += 1
+            n, t = rng.randint(1, 5), rng.randint(0, 5)
+            assert m.charge_tokens(temp, n) == n
+            assert m.charge_time(temp, t) == t
+            out["temp"][name][0] += n
+            out["temp"][name][1] += t
+            m.destroy_session(temp)
+            out["destroyed"] += 1
+        else:
+            try:
+                with m.recursion(sid) as depth:
+                    out["depths"].append([name, depth])
+            except RecursionDepthExceeded:
+                pass
+    print(json.dumps(out))
+    """
+)
+
+
+def test_four_processes_charge_one_tree(redis_server) -> None:  # type: ignore[no-untyped-def]
+    # root -> (mid-a -> (leaf-a1, leaf-a2), mid-b -> leaf-b1): every charge
+    # adds to its session and every ancestor in one script, so the totals
+    # are exact at every level however the processes interleave.
+    from rlm_fast import BudgetStatus, RlmConfig
+    from rlm_fast.redis import RedisSessionManager
+
+    client = redis_server.client()
+    namespace = f"tree-{uuid.uuid4().hex[:8]}"
+    m = RedisSessionManager(
+        client, RlmConfig(session_duration_secs=3600, max_recursion_depth=8), namespace=namespace
+    )
+    root = m.create_session().id
+    m.update_budget(root, BudgetStatus(U64_MAX, 0, U64_MAX, 0, 8, 0))
+    nodes = {"root": root}
+    nodes["mid-a"] = m.create_child_session(root).id
+    nodes["mid-b"] = m.create_child_session(root).id
+    nodes["leaf-a1"] = m.create_child_session(nodes["mid-a"]).id
+    nodes["leaf-a2"] = m.create_child_session(nodes["mid-a"]).id
+    nodes["leaf-b1"] = m.create_child_session(nodes["mid-b"]).id
+    parent = {"mid-a": "root", "mid-b": "root", "leaf-a1": "mid-a", "leaf-a2": "mid-a", "leaf-b1": "mid-b"}
+    start = {name: m.get_session(sid).recursion_depth for name, sid in nodes.items()}
+    client.set(f"rlmtest:{namespace}:tree", json.dumps({k: str(v) for k, v in nodes.items()}))
+
+    import rlm_fast
+
+    src = os.path.dirname(os.path.dirname(os.path.abspath(rlm_fast.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TREE_WORKER, str(redis_server.port), namespace, str(i), str(SECONDS)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(N_PROCS)
     ]
+    try:
+        deadline = time.monotonic() + 60
+        while int(client.get(f"rlmtest:{namespace}:ready") or 0) < N_PROCS:
+            assert time.monotonic() < deadline, "workers did not start"
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        client.set(f"rlmtest:{namespace}:go", "1")
+        results = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=120)
+            assert p.returncode == 0, stderr[-3000:]
+            results.append(json.loads(stdout))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    assert all(r["ops"] > 100 for r in results), [r["ops"] for r in results]
+    assert sum(r["made"] for r in results) > 0
+
+    def subtree(name: str) -> list[str]:
+        return [name] + [n for n in nodes if parent.get(n) == name for n in subtree(n)]
+
+    # What each session was charged directly, its temporary children included.
+    own_tokens = {n: sum(r["tokens"][n] + r["temp"][n][0] for r in results) for n in nodes}
+    own_time = {n: sum(r["time"][n] + r["temp"][n][1] for r in results) for n in nodes}
+    for name, sid in nodes.items():
+        status = m.get_session(sid).budget_status
+        assert status.tokens_used == sum(own_tokens[n] for n in subtree(name)), name
+        assert status.time_used_ms == sum(own_time[n] for n in subtree(name)), name
+    # A leaf with no other charger than itself and its short-lived children
+    # saw its own running total on each direct charge: distinct, increasing
+    # within each process, never above the final total.
+    for name in ("leaf-a1", "leaf-a2", "leaf-b1"):
+        totals = [v for r in results for v in r["totals"][name]]
+        assert len(totals) == len(set(totals))
+        assert all(v <= m.get_session(nodes[name]).budget_status.tokens_used for v in totals)
+        for r in results:
+            assert r["totals"][name] == sorted(r["totals"][name])
+    # Depth: each session on its own, between its start and the maximum,
+    # and back at its start.
+    for r in results:
+        for name, depth in r["depths"]:
+            assert start[name] < depth <= 8
+    for name, sid in nodes.items():
+        assert m.get_session(sid).recursion_depth == start[name]
+    # Every temporary child counted once and gone; the tree is intact.
+    stats = m.get_stats()
+    made = sum(r["made"] for r in results)
+    assert stats.total_sessions_created == len(nodes) + made
+    assert stats.total_sessions_destroyed == sum(r["destroyed"] for r in results) == made
+    assert stats.active_sessions == len(m) == len(nodes)
+    assert m.children(root) == sorted([nodes["mid-a"], nodes["mid-b"]], key=int)
+    assert m.children(nodes["leaf-a1"]) == []
+    # Destroying the root takes the tree: only the counters stay.
+    m.destroy_session(root)
+    assert m.get_stats().total_sessions_destroyed == made + len(nodes)
+    # Only the counters stay (the refusal counters when some call was refused).
+    left = sorted(k.decode() for k in client.scan_iter(match="{" + namespace + "}*"))
+    assert left in (
+        ["{" + namespace + "}:stats"],
+        ["{" + namespace + "}:refusals", "{" + namespace + "}:stats"],
+    )
     client.close()

@@ -83,6 +83,8 @@ def every_call(m: Any, sid: Any) -> list[tuple[str, Callable[[], Any]]]:
         ("record_snapshot_restored", lambda: m.record_snapshot_restored(sid, "s")),
         ("get_current_snapshot", lambda: m.get_current_snapshot(sid)),
         ("clear_snapshot_tracking", lambda: m.clear_snapshot_tracking(sid)),
+        ("create_child_session", lambda: m.create_child_session(sid)),
+        ("children", lambda: m.children(sid)),
         ("get_stats", m.get_stats),
         ("list_sessions", m.list_sessions),
         ("len", lambda: len(m)),
@@ -182,6 +184,66 @@ def test_server_killed_mid_run_leaves_no_partial_state() -> None:
         fresh = m.create_session().id
         m.assign_vm(fresh, "vm-after")
         check_invariants(m, vms + ["vm-after"])
+        client.close()
+
+
+def test_server_killed_while_charging_a_tree_keeps_every_roll_up_whole() -> None:
+    # A charge on a child writes every session of its path in one script:
+    # after a kill -9 and a restart from the AOF, each session holds its own
+    # direct charges plus exactly what its children hold, never a part of a
+    # roll-up.
+    with RedisServer(persistent=True) as server:
+        client = server.client(socket_timeout=2, **FAST)
+        m = RedisSessionManager(client, RlmConfig(session_duration_secs=3600), namespace="tree-crash")
+        root = m.create_session().id
+        m.update_budget(root, BudgetStatus(U64_MAX, 0, U64_MAX, 0, 10, 0))
+        a = m.create_child_session(root).id
+        b = m.create_child_session(root).id
+        a1 = m.create_child_session(a).id
+        nodes = [root, a, b, a1]
+        kids = {root: [a, b], a: [a1], b: [], a1: []}
+        killed = threading.Event()
+        stop = threading.Event()
+        ok: list[Counter[Any]] = [Counter() for _ in range(4)]
+        unknown: list[Counter[Any]] = [Counter() for _ in range(4)]
+        other: list[BaseException] = []
+
+        def work(index: int) -> None:
+            rng = random.Random(index)
+            while not stop.is_set():
+                k = rng.randrange(len(nodes))
+                try:
+                    m.charge_tokens(nodes[k], 1)
+                    ok[index][k] += 1
+                except Io:
+                    unknown[index][k] += 1
+                    if not killed.is_set():
+                        other.append(RuntimeError("Io before the kill"))
+                    time.sleep(0.005)
+                except BaseException as exc:  # noqa: BLE001
+                    other.append(exc)
+                    return
+
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        killed.set()
+        server.kill()
+        time.sleep(0.3)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not any(t.is_alive() for t in threads)
+        assert not other, other[:3]
+        server.restart()
+        used = {sid: m.get_session(sid).budget_status.tokens_used for sid in nodes}
+        for k, sid in enumerate(nodes):
+            direct = used[sid] - sum(used[kid] for kid in kids[sid])
+            done = sum(c[k] for c in ok)
+            maybe = sum(c[k] for c in unknown)
+            assert done <= direct <= done + maybe, (k, direct, done, maybe)
+        assert m.children(root) == sorted([a, b], key=int)
         client.close()
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import rlm_fast  # noqa: E402
 from rlm_fast import BudgetStatus, SessionInfo, SessionState  # noqa: E402
-from rlm_fast._serde import format_timestamp, parse_timestamp  # noqa: E402
+from rlm_fast._json import format_timestamp, parse_timestamp  # noqa: E402
 
 I64_MIN, I64_MAX, U64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -38,6 +38,7 @@ def test_timestamp_matches_datetime(ns: int) -> None:
 
 texts = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
 u64s = st.integers(0, U64_MAX)
+u32s = st.integers(0, 2**32 - 1)  # the crate's u32 fields
 
 
 @st.composite
@@ -47,13 +48,13 @@ def session_infos(draw: st.DrawFn) -> SessionInfo:
         draw(st.sampled_from(list(SessionState))),
         draw(st.integers(I64_MIN, I64_MAX)),
         draw(st.integers(I64_MIN, I64_MAX)),
-        draw(u64s),
-        draw(u64s),
-        BudgetStatus(*(draw(u64s) for _ in range(6))),
+        draw(u32s),
+        draw(u32s),
+        BudgetStatus(*(draw(u64s) for _ in range(4)), draw(u32s), draw(u32s)),
         draw(st.none() | texts),
         draw(st.dictionaries(texts, texts, max_size=4)),
         draw(st.none() | texts),
-        draw(u64s),
+        draw(u32s),
     )
 
 

@@ -137,7 +137,9 @@ def test_session_destroy(manager) -> None:
     assert stats_before.active_sessions == 1
     assert stats_before.sessions_with_vm == 1
 
-    assert manager.destroy_session(session.id) is None
+    # rlm_fast returns the removed session's last state (SPEC 12).
+    removed = manager.destroy_session(session.id)
+    assert removed.id == session.id and removed.vm_instance_id == "vm-456"
 
     stats_after = manager.get_stats()
     assert stats_after.active_sessions == 0

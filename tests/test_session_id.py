@@ -296,8 +296,8 @@ def test_pickle_names_the_public_module(protocol, core) -> None:
     sid = core.SessionId()
     data = pickle.dumps(sid, protocol=protocol)
     assert b"rlm_fast" in data
-    assert b"_core_py" not in data
-    assert b"_core_c" not in data
+    assert b"_session_py" not in data
+    assert b"_session_c" not in data
     loaded = pickle.loads(data)
     assert isinstance(loaded, rlm_fast.SessionId)
     assert str(loaded) == str(sid)

@@ -547,7 +547,7 @@ def _report(result: dict) -> None:  # type: ignore[type-arg]
 
 
 def test_stress_twin() -> None:
-    result = _run_subprocess("rlm_fast._core_py")
+    result = _run_subprocess("rlm_fast._session_py")
     assert result["threads"] >= 8 or os.environ.get("RLM_FAST_STRESS_THREADS")
     _report(result)
 
@@ -556,12 +556,12 @@ def test_stress_compiled() -> None:
     import pytest
 
     try:
-        import rlm_fast._core_c  # noqa: F401
+        import rlm_fast._session_c  # noqa: F401
     except ImportError as exc:
         if os.environ.get("RLM_FAST_REQUIRE_EXTENSIONS") == "1":
             raise
         pytest.skip(f"compiled core not built ({exc})")
-    result = _run_subprocess("rlm_fast._core_c")
+    result = _run_subprocess("rlm_fast._session_c")
     _report(result)
 
 

@@ -4,7 +4,7 @@
 
 from libc.stdint cimport int64_t, uint64_t
 
-from rlm_fast._core_c cimport (
+from rlm_fast._session_c cimport (
     RLM_BUFFER_TOO_SMALL,
     RLM_DEPTH_EXCEEDED,
     RLM_OK,
@@ -72,3 +72,34 @@ def vm_of(SessionManager manager not None, bytes sid, size_t size):
     if st == RLM_OK:
         return st, buf[:length].decode("utf-8")
     return st, length
+
+
+def charge(SessionManager manager not None, bytes sid, int64_t now_ns, uint64_t tokens):
+    """rlm_charge_tokens without the GIL: (status, total)."""
+    cdef Table *t = rlm_table(manager)
+    cdef const unsigned char *p = sid
+    cdef uint64_t total = 0
+    cdef int st
+    with nogil:
+        st = rlm_charge_tokens(t, p, now_ns, tokens, &total)
+    return st, total
+
+
+cdef extern from *:
+    """
+    /* The C API keeps its names in namespace rlm_fast, so a user may have
+     * its own Table, Session and Config (a redefinition error otherwise). */
+    struct Table { int mine; };
+    struct Session { int mine; };
+    struct Config { int mine; };
+    static int capi_user_own_names(void) {
+        Table t; Session s; Config c;
+        t.mine = 1; s.mine = 2; c.mine = 4;
+        return t.mine + s.mine + c.mine;
+    }
+    """
+    int capi_user_own_names()
+
+
+def own_names():
+    return capi_user_own_names()

@@ -2,7 +2,7 @@
 
     python leak_check.py MODULE SCENARIO N
 
-MODULE is rlm_fast._core_c or rlm_fast._core_py; SCENARIO one of
+MODULE is rlm_fast._session_c or rlm_fast._session_py; SCENARIO one of
 "operations" (every public operation on its success path), "errors" (every
 error path: exceptions are where C extensions leak), "churn" (create /
 destroy / expire churn), "context" (context-variable and VM churn with
@@ -63,8 +63,8 @@ def expect(exc: type[BaseException], call, *args, **kwargs) -> None:  # type: ig
 def operations(core, budget, rf):  # type: ignore[no-untyped-def]
     """(name, zero-argument callable) for every operation's success path."""
     clock = Clock()
-    config = rf.RlmConfig(extension_increment_secs=0, max_extensions=U64_MAX,
-                          max_snapshots_per_session=0, max_recursion_depth=U64_MAX)
+    config = rf.RlmConfig(extension_increment_secs=0, max_extensions=2**32 - 1,
+                          max_snapshots_per_session=0, max_recursion_depth=2**32 - 1)
     m = core.SessionManager(config, clock=clock)
     s = m.create_session().id
     text = str(s)
@@ -366,7 +366,7 @@ SCENARIOS = {"operations": operations, "errors": errors, "churn": churn, "contex
 def main() -> None:
     module, scenario, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     core = importlib.import_module(module)
-    budget = importlib.import_module(module.replace("_core_", "_budget_"))
+    budget = importlib.import_module(module.replace("_session_", "_budget_"))
     import rlm_fast
 
     ops = SCENARIOS[scenario](core, budget, rlm_fast)

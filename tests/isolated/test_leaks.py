@@ -33,7 +33,7 @@ SCENARIOS = ["operations", "errors", "churn", "context"]
 
 def compiled_available() -> bool:
     try:
-        import rlm_fast._core_c  # noqa: F401
+        import rlm_fast._session_c  # noqa: F401
     except ImportError:
         if os.environ.get("RLM_FAST_REQUIRE_EXTENSIONS") == "1":
             raise
@@ -42,7 +42,7 @@ def compiled_available() -> bool:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-@pytest.mark.parametrize("module", ["rlm_fast._core_c", "rlm_fast._core_py"])
+@pytest.mark.parametrize("module", ["rlm_fast._session_c", "rlm_fast._session_py"])
 def test_rss_does_not_grow(module: str, scenario: str) -> None:
     if module.endswith("_c") and not compiled_available():
         pytest.skip("compiled core not built")

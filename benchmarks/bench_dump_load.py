@@ -18,12 +18,12 @@ import time
 from types import ModuleType
 from typing import Any
 
-from rlm_fast import RlmConfig, _core_py
+from rlm_fast import RlmConfig, _session_py
 
 try:
-    _core_c: ModuleType | None = importlib.import_module("rlm_fast._core_c")
+    _session_c: ModuleType | None = importlib.import_module("rlm_fast._session_c")
 except ImportError:  # not built
-    _core_c = None
+    _session_c = None
 
 
 def build(core: ModuleType, n: int) -> Any:
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    cores = [("python", _core_py)] + ([("cython", _core_c)] if _core_c is not None else [])
+    cores = [("python", _session_py)] + ([("cython", _session_c)] if _session_c is not None else [])
     print(f"{args.sessions:,} sessions, best of {args.repeat}")
     print(f"{'core':<8} {'dump s':>8} {'load s':>8} {'file MB':>8}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from rlm_fast import _bench, _core_py
+from rlm_fast import _bench, _session_py
 
 try:
-    from rlm_fast import _core_c
+    from rlm_fast import _session_c
 except ImportError:
-    _core_c = None  # type: ignore[assignment]
+    _session_c = None  # type: ignore[assignment]
 
-CORES = {"python": _core_py, "cython": _core_c}
+CORES = {"python": _session_py, "cython": _session_c}
 
 
 @pytest.fixture(scope="module", params=["python", "cython"])
@@ -25,7 +25,7 @@ def names(request: pytest.FixtureRequest) -> dict:  # type: ignore[type-arg]
     if module is None:
         pytest.skip("compiled core not built")
     # The floor is timed once, beside the compiled core.
-    floor = _core_c._Floor() if request.param == "cython" else None
+    floor = _session_c._Floor() if request.param == "cython" else None
     return _bench.workload(module, floor)
 
 

@@ -138,7 +138,12 @@ def test_the_module_list_is_complete() -> None:
 
 
 # Modules that need an optional extra (pip install 'rlm_fast[redis]').
-OPTIONAL_DEPENDENCY = {"rlm_fast.redis": "redis", "rlm_fast._bench_redis": "redis"}
+OPTIONAL_DEPENDENCY = {
+    "rlm_fast.redis": "redis",
+    "rlm_fast._bench_redis": "redis",
+    "rlm_fast.bridge": "aiohttp",
+    "rlm_fast._fake_upstream": "aiohttp",
+}
 
 
 @pytest.mark.parametrize("module", MODULES)

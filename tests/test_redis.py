@@ -7,6 +7,7 @@ The shared semantics are the conformance suite's (the `core` fixture's
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import time
 import uuid
@@ -31,6 +32,8 @@ if unavailable():
 import redis  # noqa: E402
 
 from rlm_fast.redis import RedisSessionManager  # noqa: E402
+
+HAVE_NUMPY = importlib.util.find_spec("numpy") is not None  # the bulk API needs it
 
 NS = 10**9
 I64_MAX = 2**63 - 1
@@ -917,7 +920,8 @@ def test_a_childs_ancestors_are_named_in_keys_and_learnt_once(client, namespace)
     counter_a = _Counting(a)
     a.begin_call(leaf)  # its creator knew them from the start
     assert counter_a.sent == 1
-    assert list(b.validate_many([leaf, mid, root, "bad"])) == [True, True, True, False]
+    if HAVE_NUMPY:
+        assert list(b.validate_many([leaf, mid, root, "bad"])) == [True, True, True, False]
 
 
 # Commands scripts run, and which of their arguments are keys.
@@ -955,7 +959,8 @@ def test_scripts_touch_only_the_keys_they_are_given(redis_server, namespace) -> 
         m.check_budget(grand)
         m.extend_session(kid)
         m.is_session_valid(grand)
-        list(m.validate_many([root, kid, grand]))
+        if HAVE_NUMPY:
+            list(m.validate_many([root, kid, grand]))
         m.children(root)
         m.list_sessions()
         m.get_session(grand)

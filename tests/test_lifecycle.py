@@ -1182,6 +1182,33 @@ def test_vm_reassignment_is_logged(core, clock, caplog) -> None:
     assert m.get_assigned_vm(a) is None
 
 
+def test_a_level_change_after_calls_is_heard_at_once(core, clock, caplog) -> None:
+    # The compiled core reads the logger's own isEnabledFor memo; a level
+    # set between calls (which clears that memo), and `disabled`, are
+    # honoured on the very next call.
+    logger = logging.getLogger("rlm_fast")
+    caplog.set_level(logging.INFO, logger="rlm_fast")  # restored after the test
+    logger.setLevel(logging.WARNING)
+    m = new_manager(core, clock)
+    quiet = m.create_session().id  # the memo now says INFO is off
+    m.destroy_session(quiet)
+    assert records(caplog) == []
+    logger.setLevel(logging.INFO)
+    loud = m.create_session().id
+    assert records(caplog) == [(f"created session {loud}", str(loud))]
+    caplog.clear()
+    logger.disabled = True  # the memo says INFO is on; disabled wins
+    try:
+        m.destroy_session(loud)
+        m.create_session()
+    finally:
+        logger.disabled = False
+    assert records(caplog) == []
+    logger.setLevel(logging.WARNING)
+    m.create_session()
+    assert records(caplog) == []
+
+
 def test_nothing_is_logged_when_disabled(core, clock, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="rlm_fast")
     m = new_manager(core, clock)

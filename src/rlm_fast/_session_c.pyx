@@ -29,6 +29,7 @@ from libc.string cimport memcpy
 from libcpp cimport bool as cbool
 from libcpp.pair cimport pair
 from libcpp.string cimport string
+from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
 from libcpp.algorithm cimport is_sorted, sort
@@ -123,7 +124,29 @@ if rlm_random_init() != 0:
 cdef tuple _STATES = STATES
 cdef object _TERMINATED_NAME = "Terminated"
 cdef uint64_t _U64_MAX = 0xFFFFFFFFFFFFFFFF
-cdef int _INFO = 20  # logging.INFO: every record is guarded by _log.isEnabledFor(_INFO)
+cdef int _INFO = 20  # logging.INFO: every record is guarded by _info_on()
+cdef object _INFO_KEY = 20
+cdef object _FALSE = False
+# The logger's own memo of isEnabledFor (a private attribute of
+# logging.Logger since 3.7, cleared in place by setLevel and friends); None
+# if this Python has no such dict, and then every check asks isEnabledFor.
+cdef object _LOG_CACHE = getattr(_log, "_cache", None)
+if type(_LOG_CACHE) is not dict:
+    _LOG_CACHE = None
+
+
+cdef inline bint _info_on() except -1:
+    """`_log.isEnabledFor(logging.INFO)`, without a Python call when the
+    logger's memo already says no (the usual case: create and destroy ask
+    on every call). The memo holds True or False; a False answer needs no
+    look at `disabled` (it can only make the answer False), and the value
+    is only compared, never used, so a concurrent clear cannot hurt."""
+    cdef PyObject *v
+    if _LOG_CACHE is not None:
+        v = PyDict_GetItemWithError(_LOG_CACHE, _INFO_KEY)
+        if v == <PyObject *>_FALSE:
+            return False
+    return _log.isEnabledFor(_INFO)
 
 
 # ---------------------------------------------------------------------------
@@ -929,7 +952,7 @@ cdef class SessionManager:
         if st != RLM_OK:
             _fail(self._t, st, k, "create_session")
         info = _info(&c)
-        if _log.isEnabledFor(_INFO):
+        if _info_on():
             log_created(info)
         return info
 
@@ -963,7 +986,7 @@ cdef class SessionManager:
                 break  # never reuse a live id, however unlikely
         if st == RLM_OK:
             info = _info(&c)
-            if _log.isEnabledFor(_INFO):
+            if _info_on():
                 log_created(info)
             return info
         if st == RLM_DEPTH_EXCEEDED:
@@ -1071,7 +1094,7 @@ cdef class SessionManager:
         if st != RLM_OK:
             _fail(self._t, st, k, "destroy_session")
         cdef SessionInfo info = _info(&rows[0])
-        if self._on_remove is not None or _log.isEnabledFor(_INFO):
+        if self._on_remove is not None or _info_on():
             removed = [(info, "destroyed")]
             for i in range(1, rows.size()):
                 removed.append((_info(&rows[i]), "cascade"))
@@ -1104,7 +1127,7 @@ cdef class SessionManager:
         n = rows.size()
         cdef list out = PyList_New(n)  # sized once: no regrowth
         cdef object item
-        cdef bint report = n != 0 and (self._on_remove is not None or _log.isEnabledFor(_INFO))
+        cdef bint report = n != 0 and (self._on_remove is not None or _info_on())
         cdef list removed = [] if report else None
         cdef SessionInfo info
         cdef _Turns turns
@@ -1150,7 +1173,7 @@ cdef class SessionManager:
         st = self._t.assign_vm(k, now, vm, &who, &previous, &moved)
         if st != RLM_OK:
             _fail(self._t, st, who, "assign_vm")
-        if moved and _log.isEnabledFor(_INFO):
+        if moved and _info_on():
             log_vm_moved(_text(vm), _sid(previous), _sid(k))
 
     def release_vm(self, session_id):

@@ -18,6 +18,8 @@
 
 namespace rlm_fast {
 
+struct Session;
+
 /* What a session has only sometimes: allocated on first use. */
 struct Extras {
     bool has_vm = false;
@@ -27,8 +29,12 @@ struct Extras {
     std::map<std::string, std::string> context; /* sorted by key bytes */
     /* The call tree (docs/trees.md): a child's parent (set when
      * Session::start_depth > 0, so every child has Extras), and the direct
-     * children, unordered; a session without children keeps it empty. */
+     * children, unordered; a session without children keeps it empty.
+     * `up` is the parent's node, so a walk up the path costs no hash
+     * lookup: std::unordered_map never moves a node, and a parent outlives
+     * its children (removal takes whole subtrees). */
     SidKey parent = SidKey();
+    Session *up = NULL;
     std::vector<SidKey> children;
 };
 

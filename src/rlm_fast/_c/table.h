@@ -107,7 +107,7 @@ struct alignas(64) Shard {
     /* A child's parent (in this shard: trees never span shards); NULL for
      * a root. */
     Session *parent_of(const Session &s) {
-        return s.start_depth ? find(s.extras->parent) : NULL;
+        return s.start_depth ? s.extras->up : NULL;
     }
 
     /* TERMINATED, then expiry (by clock or state), of one session. */
@@ -126,12 +126,12 @@ struct alignas(64) Shard {
         int st = own_status(*s, now);
         SidKey culprit = key;
         for (Session *n = s; n->start_depth;) {
-            SidKey up = n->extras->parent;
-            n = find(up);
+            const Extras *ex = n->extras;
+            n = ex->up;
             int mine = own_status(*n, now);
             if (mine != RLM_OK) {
                 st = mine;
-                culprit = up;
+                culprit = ex->parent;
             }
         }
         if (st != RLM_OK) {
@@ -147,7 +147,7 @@ struct alignas(64) Shard {
         const Session *n = &s;
         while (n->start_depth) {
             key = n->extras->parent;
-            n = find(key);
+            n = n->extras->up;
         }
         return key;
     }
@@ -339,6 +339,7 @@ class Table {
                  * (an empty Extras left on the parent is a valid state). */
                 std::unique_ptr<Extras> ex(new Extras());
                 ex->parent = parent;
+                ex->up = &p;
                 Extras *pex = extras_of(&p);
                 pex->children.reserve(pex->children.size() + 1);
                 bool in_fifo = sh.push_expiry(s.expires_ns, key);
@@ -445,6 +446,26 @@ class Table {
         bool vm = false;
         {
             RlmGuard g(sh.mu);
+            Session *s = sh.find(key);
+            if (!s) return RLM_NOT_FOUND;
+            const Extras *ex = s->extras;
+            if (!ex || (ex->children.empty() && !ex->has_vm)) {
+                /* The common case, a session alone with no VM: one lock,
+                 * no list of the subtree. */
+                try {
+                    removed->resize(1);
+                    if (ex) removed->back().context.reserve(ex->context.size());
+                } catch (const std::bad_alloc &) {
+                    removed->clear();
+                    return RLM_NOMEM;
+                }
+                SidKey root = sh.root_of(key, *s);
+                detach(sh, key, *s);
+                take_out(sh, key, root, &removed->back());
+                sh.destroyed += 1;
+                RLM_DEBUG_ONLY(check_shard(sh));
+                return RLM_OK;
+            }
             int st = subtree(sh, key, &doomed, &vm);
             if (st != RLM_OK) return st;
             if (!vm) { /* the common case: one lock */
@@ -1067,6 +1088,7 @@ class Table {
                 if (!row.has_parent) continue;
                 Session *p = shards_[index(row.parent)].find(row.parent);
                 extras_of(p)->children.push_back(row.key);
+                shards_[index(row.key)].find(row.key)->extras->up = p;
             }
         } catch (const std::bad_alloc &) {
             for (Shard &sh : shards_) {
@@ -1533,11 +1555,12 @@ class Table {
                 RLM_CHECK(s.depth >= s.start_depth, "a child's depth is at least its start");
                 const Session *p = sh.find(s.extras->parent);
                 RLM_CHECK(p != NULL, "a child's parent is in its shard");
+                RLM_CHECK(s.extras->up == p, "a child points at its parent's node");
                 RLM_CHECK(p->extras && std::count(p->extras->children.begin(),
                                                   p->extras->children.end(), kv.first) == 1,
                           "a parent lists each child once");
                 size_t steps = 0;
-                for (const Session *n = &s; n->start_depth; n = sh.find(n->extras->parent))
+                for (const Session *n = &s; n->start_depth; n = n->extras->up)
                     RLM_CHECK(++steps <= sh.sessions.size(), "a tree has no cycle");
             }
             if (s.extras)

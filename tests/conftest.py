@@ -1,6 +1,9 @@
 """One suite, every implementation: the `core` fixture hands each test the
 pure-Python twin, the compiled core and the Redis-backed manager in turn
-(STYLE habit 4). Tests marked `in_process(reason)` skip the Redis one."""
+(STYLE habit 4), then AsyncRedisSessionManager behind a sync adapter
+("redis-async", tests/redis_server.py). Tests marked `in_process(reason)`
+skip both Redis ones; `sync_redis(reason)` skips the async one only (what
+the adapter cannot express, not a behaviour of the manager)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ import types
 import pytest
 
 import conftest_hypothesis  # noqa: F401  (registers --hypothesis-profile=ci/long)
-from redis_server import RedisServer, redis_core
+from redis_server import RedisServer, async_redis_core, redis_core
 from redis_server import unavailable as redis_unavailable
 from rlm_fast import _budget_py, _session_py
 
@@ -50,6 +53,11 @@ CORE_PARAMS = [
         id="redis",
         marks=pytest.mark.skipif(bool(_REDIS_MISSING), reason=_REDIS_MISSING or "available"),
     ),
+    pytest.param(
+        "redis-async",
+        id="redis-async",
+        marks=pytest.mark.skipif(bool(_REDIS_MISSING), reason=_REDIS_MISSING or "available"),
+    ),
 ]
 
 
@@ -68,15 +76,29 @@ def redis_namespace(redis_server):  # type: ignore[no-untyped-def]
     return redis_core(redis_server)
 
 
+@pytest.fixture(scope="session")
+def redis_async_namespace(redis_server):  # type: ignore[no-untyped-def]
+    """The adapter's namespace; its event loop and client close at the end
+    of the run (before the server stops), or at exit."""
+    namespace = async_redis_core(redis_server)
+    yield namespace
+    namespace.close()
+
+
 @pytest.fixture(params=CORE_PARAMS)
 def core(request: pytest.FixtureRequest) -> types.SimpleNamespace:
     """The implementation under test: .name, .SessionId, .SessionManager,
     .SessionInfo, .BudgetStatus, .SessionStats, .BudgetTracker."""
-    if request.param == "redis":
+    if request.param in ("redis", "redis-async"):
         marker = request.node.get_closest_marker("in_process")
         if marker is not None:
             pytest.skip(f"in-process cores only: {marker.args[0]}")
-        return request.getfixturevalue("redis_namespace")
+        if request.param == "redis":
+            return request.getfixturevalue("redis_namespace")
+        marker = request.node.get_closest_marker("sync_redis")
+        if marker is not None:
+            pytest.skip(f"not through the sync adapter over the async manager: {marker.args[0]}")
+        return request.getfixturevalue("redis_async_namespace")
     return request.param
 
 

@@ -385,6 +385,7 @@ def test_pop_expired_sessions_removes_what_cleanup_would(core, clock) -> None:
     assert m.get_session_for_vm("vm-rich") is None
 
 
+@pytest.mark.sync_redis("calls the manager back from on_remove, which runs on the adapter's event-loop thread: a sync callback there cannot await the async manager")
 def test_on_remove_runs_after_the_removal_and_may_call_back(core, clock) -> None:
     seen: list[Any] = []
     holder: dict[str, Any] = {}
@@ -425,6 +426,7 @@ def test_on_remove_runs_after_the_removal_and_may_call_back(core, clock) -> None
     assert len(m) == 5
 
 
+@pytest.mark.sync_redis("on_remove runs on the adapter's event-loop thread (the thread doing the removal), not the thread that called the adapter")
 def test_on_remove_runs_in_the_removing_thread(core, clock) -> None:
     rec = Recorder()
     m = new_manager(core, clock, rec)
@@ -1239,6 +1241,7 @@ class CallingHandler(logging.Handler):
         )
 
 
+@pytest.mark.sync_redis("calls the manager back from a logging handler, which runs on the adapter's event-loop thread: a sync callback there cannot await the async manager")
 def test_records_are_never_emitted_under_a_lock(core, clock) -> None:
     logger = logging.getLogger("rlm_fast")
     m = new_manager(core, clock)

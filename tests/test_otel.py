@@ -251,6 +251,7 @@ def test_not_a_manager() -> None:
         instrument(None, meter_provider=provider)
 
 
+@pytest.mark.in_process("AsyncSessionManager wraps in-process managers")
 def test_the_async_wrapper_is_read_through_its_manager(core, make_manager) -> None:
     from rlm_fast.aio import AsyncSessionManager
 

@@ -290,6 +290,7 @@ def test_recursion_depth_never_exceeds_the_maximum(core, make_manager) -> None:
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.sync_redis("calls the manager back from the clock, which runs on the adapter's event-loop thread: a sync callback there cannot await the async manager")
 def test_a_reentrant_clock_does_not_deadlock(core) -> None:
     state = threading.local()
     base = LockedClock()
@@ -359,6 +360,7 @@ class HookClock:
         return self.now
 
 
+@pytest.mark.sync_redis("calls the manager back from the clock, which runs on the adapter's event-loop thread: a sync callback there cannot await the async manager")
 def test_defect_5_check_then_act_through_the_clock(core) -> None:
     from rlm_fast import InvalidSessionState, SessionExpired, SessionState
 

@@ -76,7 +76,7 @@ class LockedClock:
 
 def scale(core: Any, python: int, cython: int, redis: int) -> int:
     """How many operations a test does on this core (Redis: a round trip each)."""
-    return {"python": python, "cython": cython, "redis": redis}[core.name]
+    return {"python": python, "cython": cython, "redis": redis, "redis-async": redis}[core.name]
 
 
 def assert_tree_consistent(m: Any, vms: Any = ()) -> None:

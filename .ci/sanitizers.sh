@@ -90,8 +90,10 @@ done
 echo "self-check: planted heap overflow and signed overflow reported"
 
 export LD_PRELOAD="$asan_rt${LD_PRELOAD:+:$LD_PRELOAD}"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:print_summary=1"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1"
+# Reports also go to files: pytest captures stderr, and an abort loses what
+# it captured, so without log_path a failing run would end in silence.
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:print_summary=1:log_path=$scratch/sanitizer-report"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:report_error_type=1:log_path=$scratch/sanitizer-report"
 export PYTHONMALLOC=malloc
 export PYTHONPATH="$scratch/src"
 export RLM_FAST_REQUIRE_EXTENSIONS=1
@@ -119,6 +121,12 @@ if grep -qE "ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer" pytest
     echo "sanitizers: a sanitizer reported an error (see above)" >&2
     [ "$status" -eq 0 ] && status=1
 fi
+for report in "$scratch"/sanitizer-report.*; do
+    [ -e "$report" ] || continue
+    echo "sanitizers: report $report:" >&2
+    head -n 60 "$report" >&2
+    [ "$status" -eq 0 ] && status=1
+done
 if [ "$status" -eq 0 ]; then
     echo "sanitizers: ASan + UBSan clean: $(grep -E '[0-9]+ passed' pytest.log | tail -n 1)"
 fi

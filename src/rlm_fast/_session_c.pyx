@@ -1588,8 +1588,9 @@ cdef class SessionManager:
         size = rows.size() * sizeof(BudgetRow)
         data = PyByteArray_FromStringAndSize(NULL, size)
         dst = PyByteArray_AS_STRING(data)
-        with nogil:  # the copy of a large table without the GIL
-            memcpy(dst, <const char *>rows.data(), size)
+        if size != 0:  # an empty vector's data() may be NULL: memcpy's arguments never are
+            with nogil:  # the copy of a large table without the GIL
+                memcpy(dst, <const char *>rows.data(), size)
         return numpy().frombuffer(data, dtype=dtype)
 
     def _export(self):

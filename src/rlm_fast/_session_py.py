@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Callable, TypeVar, cast
+from typing import Any, Callable
 
 from ._bulk import budget_table_dtype, numpy, raw_ids
 from ._checks import (
@@ -100,27 +100,6 @@ _NS_PER_S = 1_000_000_000
 # for more than one piece (SPEC 15, docs/design.md "No stalls").
 PIECE = 2048
 
-
-
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _counted(method: _Method) -> _Method:
-    """Count the refusals a public method raises (docs/lifecycle.md): one
-    of SessionStats' rejected_* counters, under the manager's lock."""
-
-    @functools.wraps(method)
-    def counted(self: "SessionManager", *args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(self, *args, **kwargs)
-        except RlmError as exc:
-            index = REFUSAL_INDEX.get(type(exc))
-            if index is not None:
-                with self._lock:
-                    self._rejected[index] += 1
-            raise
-
-    return cast(_Method, counted)
 
 
 class _Session:
@@ -268,6 +247,17 @@ class SessionManager:
             return time.time_ns()
         return check_clock_value(self._clock())
 
+    def _count_refusal(self, exc: RlmError) -> None:
+        """Count a refusal a public method raised (docs/lifecycle.md): one of
+        SessionStats' rejected_* counters, under the lock. Each public method
+        that can refuse catches RlmError around its body and calls this (a
+        try costs nothing until it raises; a wrapping decorator cost every
+        call a Python frame)."""
+        index = REFUSAL_INDEX.get(type(exc))
+        if index is not None:
+            with self._lock:
+                self._rejected[index] += 1
+
     def _get(self, key: int) -> _Session:
         """The row, or SessionNotFound (caller holds the lock)."""
         session = self._sessions.get(key)
@@ -361,25 +351,31 @@ class SessionManager:
             log_created(info)
             return info
 
-    @_counted
     def get_session(self, session_id: SessionId | str) -> SessionInfo:
         """A snapshot of any existing session (read-only lookup: expired and terminated
         ones too)."""
-        key = key_of(session_id)
-        with self._lock:
-            return self._get(key).info()
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                return self._get(key).info()
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def update_session_state(
         self, session_id: SessionId | str, state: SessionState | str
     ) -> None:
         """Move a live session to `state` (a SessionState or its value); TERMINATED is
         final."""
-        key = key_of(session_id)
-        new_state = coerce_state(state)
-        now = self._now()
-        with self._lock:
-            self._live(key, now, "update_session_state").state = new_state
+        try:
+            key = key_of(session_id)
+            new_state = coerce_state(state)
+            now = self._now()
+            with self._lock:
+                self._live(key, now, "update_session_state").state = new_state
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     def is_session_valid(self, session_id: SessionId | str) -> bool:
         """Whether the session exists and it and every ancestor are neither
@@ -399,34 +395,39 @@ class SessionManager:
             self._rejected[why] += 1
             return False
 
-    @_counted
     def validate_session(self, session_id: SessionId | str) -> SessionInfo:
         """The session's snapshot if it and every ancestor may be used now, else the
         refusal."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            return self._live(key, now, "validate").info()
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                return self._live(key, now, "validate").info()
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def extend_session(self, session_id: SessionId | str) -> SessionInfo:
         """Push the expiry back by `extension_increment_secs`, at most `max_extensions`
         times."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "extend_session")
-            maximum = self._config.max_extensions
-            if session.extension_count >= maximum:
-                raise MaxExtensionsReached(SessionId._of(key), maximum)
-            expires = session.expires_ns + self._increment_ns
-            if expires > I64_MAX:
-                raise ConfigError(MSG_EXTEND_OVERFLOW)
-            session.expires_ns = expires
-            session.extension_count += 1
-            return session.info()
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "extend_session")
+                maximum = self._config.max_extensions
+                if session.extension_count >= maximum:
+                    raise MaxExtensionsReached(SessionId._of(key), maximum)
+                expires = session.expires_ns + self._increment_ns
+                if expires > I64_MAX:
+                    raise ConfigError(MSG_EXTEND_OVERFLOW)
+                session.expires_ns = expires
+                session.extension_count += 1
+                return session.info()
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def create_child_session(
         self,
         parent_id: SessionId | str,
@@ -438,60 +439,70 @@ class SessionManager:
         starts one deeper than the parent is now, expires no later than the
         parent, and its budgets default to what the parent has left; its
         charges also count against every ancestor."""
-        key = key_of(parent_id)
-        tokens = None if token_budget is None else check_u64(token_budget, "token_budget")
-        time_ms = None if time_budget_ms is None else check_u64(time_budget_ms, "time_budget_ms")
-        now = self._stamp_now()
-        with self._lock:
-            parent = self._live(key, now, "create_child_session")
-            depth = parent.depth + 1
-            if depth > parent.max_depth:
-                raise RecursionDepthExceeded(depth, parent.max_depth)
-            tokens = _child_budget(tokens, parent.token_budget, parent.tokens_used, "token_budget")
-            time_ms = _child_budget(
-                time_ms, parent.time_budget_ms, parent.time_used_ms, "time_budget_ms"
-            )
-            child_key = random_key(now // 1_000_000)
-            while child_key in self._sessions:  # never reuse a live id
+        try:
+            key = key_of(parent_id)
+            tokens = None if token_budget is None else check_u64(token_budget, "token_budget")
+            time_ms = None if time_budget_ms is None else check_u64(time_budget_ms, "time_budget_ms")
+            now = self._stamp_now()
+            with self._lock:
+                parent = self._live(key, now, "create_child_session")
+                depth = parent.depth + 1
+                if depth > parent.max_depth:
+                    raise RecursionDepthExceeded(depth, parent.max_depth)
+                tokens = _child_budget(tokens, parent.token_budget, parent.tokens_used, "token_budget")
+                time_ms = _child_budget(
+                    time_ms, parent.time_budget_ms, parent.time_used_ms, "time_budget_ms"
+                )
                 child_key = random_key(now // 1_000_000)
-            child = _Session(
-                child_key, now, min(now + self._duration_ns, parent.expires_ns), self._config
-            )
-            child.depth = child.start_depth = depth
-            child.max_depth = parent.max_depth
-            child.token_budget = tokens
-            child.time_budget_ms = time_ms
-            child.parent = parent.key
-            child.root = parent.root
-            self._sessions[child_key] = child
-            parent.kids.add(child_key)
-            self._created += 1
-            info = child.info()
-        log_created(info)
-        return info
+                while child_key in self._sessions:  # never reuse a live id
+                    child_key = random_key(now // 1_000_000)
+                child = _Session(
+                    child_key, now, min(now + self._duration_ns, parent.expires_ns), self._config
+                )
+                child.depth = child.start_depth = depth
+                child.max_depth = parent.max_depth
+                child.token_budget = tokens
+                child.time_budget_ms = time_ms
+                child.parent = parent.key
+                child.root = parent.root
+                self._sessions[child_key] = child
+                parent.kids.add(child_key)
+                self._created += 1
+                info = child.info()
+            log_created(info)
+            return info
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def children(self, session_id: SessionId | str) -> list[SessionId]:
         """The direct children of a session, in id order (a read-only
         lookup: it works on expired and terminated sessions)."""
-        key = key_of(session_id)
-        with self._lock:
-            kids = sorted(self._get(key).kids)
-        return [SessionId._of(k) for k in kids]
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                kids = sorted(self._get(key).kids)
+            return [SessionId._of(k) for k in kids]
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def destroy_session(self, session_id: SessionId | str) -> SessionInfo:
         """Remove the session and its whole subtree (any state); returns the
         removed session's last state. `on_remove` hears "destroyed" for it
         and "cascade" for each descendant."""
-        key = key_of(session_id)
-        with self._lock:
-            rows = self._remove_tree(self._get(key))
-            self._destroyed += len(rows)
-            removed = [(row.info(), "cascade") for row in rows]
-        removed[0] = (removed[0][0], "destroyed")
-        report_removed(self._on_remove, removed)
-        return removed[0][0]
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                rows = self._remove_tree(self._get(key))
+                self._destroyed += len(rows)
+                removed = [(row.info(), "cascade") for row in rows]
+            removed[0] = (removed[0][0], "destroyed")
+            report_removed(self._on_remove, removed)
+            return removed[0][0]
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     def cleanup_expired_sessions(self) -> list[SessionId]:
         """Remove every session with `expires_at < now`, each with its
@@ -531,47 +542,56 @@ class SessionManager:
 
     # -- VM affinity ----------------------------------------------------------
 
-    @_counted
     def assign_vm(self, session_id: SessionId | str, vm_instance_id: str) -> None:
         """Pin the session to a VM, set it READY; the VM leaves any session that held
         it, and the session leaves any VM it held (the two maps stay exact
         inverses)."""
-        key = key_of(session_id)
-        vm = check_str(vm_instance_id, "vm_instance_id", nonempty=True)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "assign_vm")
-            previous = None
-            if session.vm != vm:
-                self._unmap_vm(session)  # a session holds at most one VM
-                previous = self._vm_to_session.get(vm)
-                if previous is not None:
-                    # The VM moves: its old session no longer holds it.
-                    self._sessions[previous].vm = None
-                self._vm_to_session[vm] = key
-                session.vm = vm
-            session.state = SessionState.READY
-        if previous is not None:
-            log_vm_moved(vm, SessionId._of(previous), SessionId._of(key))
+        try:
+            key = key_of(session_id)
+            vm = check_str(vm_instance_id, "vm_instance_id", nonempty=True)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "assign_vm")
+                previous = None
+                if session.vm != vm:
+                    self._unmap_vm(session)  # a session holds at most one VM
+                    previous = self._vm_to_session.get(vm)
+                    if previous is not None:
+                        # The VM moves: its old session no longer holds it.
+                        self._sessions[previous].vm = None
+                    self._vm_to_session[vm] = key
+                    session.vm = vm
+                session.state = SessionState.READY
+            if previous is not None:
+                log_vm_moved(vm, SessionId._of(previous), SessionId._of(key))
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def release_vm(self, session_id: SessionId | str) -> str | None:
         """Take the session's VM assignment away (any state); the VM id it had, or
         None."""
-        key = key_of(session_id)
-        with self._lock:
-            session = self._get(key)
-            vm = session.vm
-            self._unmap_vm(session)
-            return vm
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                session = self._get(key)
+                vm = session.vm
+                self._unmap_vm(session)
+                return vm
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def get_assigned_vm(self, session_id: SessionId | str) -> str | None:
         """The session's VM id; None for no VM or an unknown session."""
-        key = key_of(session_id)
-        with self._lock:
-            session = self._sessions.get(key)
-            return None if session is None else session.vm
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                session = self._sessions.get(key)
+                return None if session is None else session.vm
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     def get_session_for_vm(self, vm_instance_id: str) -> SessionId | None:
         """The session holding the VM; None if none does."""
@@ -582,70 +602,88 @@ class SessionManager:
 
     # -- context variables ------------------------------------------------------
 
-    @_counted
     def set_context_variable(self, session_id: SessionId | str, key: str, value: str) -> None:
         """Set one context variable of a live session."""
-        skey = key_of(session_id)
-        name = check_str(key, "key")
-        text = check_str(value, "value")
-        now = self._now()
-        with self._lock:
-            self._live(skey, now, "set_context_variable").context[name] = text
+        try:
+            skey = key_of(session_id)
+            name = check_str(key, "key")
+            text = check_str(value, "value")
+            now = self._now()
+            with self._lock:
+                self._live(skey, now, "set_context_variable").context[name] = text
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def get_context_variable(self, session_id: SessionId | str, key: str) -> str | None:
         """One context variable, or None (read-only lookup)."""
-        skey = key_of(session_id)
-        name = check_str(key, "key")
-        with self._lock:
-            return self._get(skey).context.get(name)
+        try:
+            skey = key_of(session_id)
+            name = check_str(key, "key")
+            with self._lock:
+                return self._get(skey).context.get(name)
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def get_all_context_variables(self, session_id: SessionId | str) -> dict[str, str]:
         """A copy of the context variables, sorted by key (read-only lookup)."""
-        skey = key_of(session_id)
-        with self._lock:
-            return dict(sorted(self._get(skey).context.items()))
+        try:
+            skey = key_of(session_id)
+            with self._lock:
+                return dict(sorted(self._get(skey).context.items()))
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def delete_context_variable(self, session_id: SessionId | str, key: str) -> str | None:
         """Remove one context variable of a live session; the removed value or None."""
-        skey = key_of(session_id)
-        name = check_str(key, "key")
-        now = self._now()
-        with self._lock:
-            return self._live(skey, now, "delete_context_variable").context.pop(name, None)
+        try:
+            skey = key_of(session_id)
+            name = check_str(key, "key")
+            now = self._now()
+            with self._lock:
+                return self._live(skey, now, "delete_context_variable").context.pop(name, None)
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     # -- budgets and depth --------------------------------------------------------
 
-    @_counted
     def update_budget(self, session_id: SessionId | str, budget: BudgetStatus) -> None:
         """Replace the session's budget whole; its `current_recursion_depth` becomes
         the session's depth (not below a child's start depth). Only this session
         changes, not its ancestors."""
-        key = key_of(session_id)
-        if result_kind(budget) != "BudgetStatus":
-            raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "update_budget")
-            if budget.current_recursion_depth < session.start_depth:
-                raise ValueError(
-                    f"current_recursion_depth {budget.current_recursion_depth} is below "
-                    f"the child's start depth {session.start_depth}"
-                )
-            session.token_budget = budget.token_budget
-            session.tokens_used = budget.tokens_used
-            session.time_budget_ms = budget.time_budget_ms
-            session.time_used_ms = budget.time_used_ms
-            session.max_depth = budget.max_recursion_depth
-            session.depth = budget.current_recursion_depth
+        try:
+            key = key_of(session_id)
+            if result_kind(budget) != "BudgetStatus":
+                raise TypeError(f"budget must be a BudgetStatus, not {type(budget).__name__}")
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "update_budget")
+                if budget.current_recursion_depth < session.start_depth:
+                    raise ValueError(
+                        f"current_recursion_depth {budget.current_recursion_depth} is below "
+                        f"the child's start depth {session.start_depth}"
+                    )
+                session.token_budget = budget.token_budget
+                session.tokens_used = budget.tokens_used
+                session.time_budget_ms = budget.time_budget_ms
+                session.time_used_ms = budget.time_used_ms
+                session.max_depth = budget.max_recursion_depth
+                session.depth = budget.current_recursion_depth
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def increment_recursion_depth(self, session_id: SessionId | str) -> int:
         """One level deeper inside this session; RecursionDepthExceeded past its
         maximum. The new depth."""
-        return self._increment(key_of(session_id))
+        try:
+            return self._increment(key_of(session_id))
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     def _increment(self, key: int) -> int:
         now = self._now()
@@ -654,17 +692,20 @@ class SessionManager:
             _deeper(session)
             return session.depth
 
-    @_counted
     def decrement_recursion_depth(self, session_id: SessionId | str) -> int:
         """One level back, saturating at 0 (a child: at its start depth). The new
         depth."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "decrement_recursion_depth")
-            if session.depth > session.start_depth:  # a child's floor
-                session.depth -= 1
-            return session.depth
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "decrement_recursion_depth")
+                if session.depth > session.start_depth:  # a child's floor
+                    session.depth -= 1
+                return session.depth
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     def _leave_recursion(self, key: int) -> None:
         # The exit of recursion(): undo the entry's +1 whatever the state,
@@ -674,72 +715,81 @@ class SessionManager:
             if session is not None and session.depth > session.start_depth:
                 session.depth -= 1
 
-    @_counted
     def recursion(self, session_id: SessionId | str) -> _Recursion:
         """Context manager: depth +1 on entry (yields it), -1 on exit."""
-        return _Recursion(self, key_of(session_id))
+        try:
+            return _Recursion(self, key_of(session_id))
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def charge_tokens(self, session_id: SessionId | str, tokens: int) -> int:
         """Add `tokens` to the session's tokens_used and every ancestor's, in
         one step, and return the session's new total. A total past 2**64-1
         anywhere on the path is refused whole (ValueError); a total past a
         budget is kept (it was spent), then TokenBudgetExceeded is raised for
         the session nearest the root whose budget was passed."""
-        key = key_of(session_id)
-        tokens = check_u64(tokens, "tokens")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "charge_tokens")
-            over = _roll_up(self._path(session), tokens, None)
-            total = session.tokens_used
-        if over is not None:
-            raise over
-        return total
+        return self._charge(session_id, tokens, of_time=False)
 
-    @_counted
     def charge_time(self, session_id: SessionId | str, elapsed_ms: int) -> int:
         """`charge_tokens` for time: time_used_ms and TimeBudgetExceeded."""
-        key = key_of(session_id)
-        elapsed = check_u64(elapsed_ms, "elapsed_ms")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "charge_time")
-            over = _roll_up(self._path(session), None, elapsed)
-            total = session.time_used_ms
-        if over is not None:
-            raise over
-        return total
+        return self._charge(session_id, elapsed_ms, of_time=True)
 
-    @_counted
+    def _charge(self, session_id: SessionId | str, amount: int, *, of_time: bool) -> int:
+        try:
+            key = key_of(session_id)
+            amount = check_u64(amount, "elapsed_ms" if of_time else "tokens")
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "charge_time" if of_time else "charge_tokens")
+                path = self._path(session)
+                if of_time:
+                    over = _roll_up(path, None, amount)
+                    total = session.time_used_ms
+                else:
+                    over = _roll_up(path, amount, None)
+                    total = session.tokens_used
+            if over is not None:
+                raise over
+            return total
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
+
     def check_budget(self, session_id: SessionId | str) -> BudgetStatus:
         """The session's BudgetStatus, after checking every session on its
         path from the root down (tokens, then time, then depth, each): the
         first exhausted budget raises."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "check_budget")
-            _check_path(self._path(session))
-            return session.budget()
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "check_budget")
+                _check_path(self._path(session))
+                return session.budget()
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     # -- the model-call step (docs/lifecycle.md) ------------------------------------
 
-    @_counted
     def begin_call(self, session_id: SessionId | str) -> BudgetStatus:
         """Admit one model call, in one atomic step: the session's path is
         valid, no budget on it is exhausted (as `check_budget`), and the
         session's depth goes up by one (as `increment_recursion_depth`).
         Returns the session's BudgetStatus after."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "begin_call")
-            _check_path(self._path(session))
-            _deeper(session)
-            return session.budget()
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "begin_call")
+                _check_path(self._path(session))
+                _deeper(session)
+                return session.budget()
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def end_call(
         self, session_id: SessionId | str, *, tokens: int = 0, elapsed_ms: int = 0
     ) -> BudgetStatus:
@@ -747,37 +797,43 @@ class SessionManager:
         `elapsed_ms` with roll-up (all or nothing against 2**64-1) and take
         the depth back down; then raise as the charges would (tokens first),
         else return the session's BudgetStatus."""
-        key = key_of(session_id)
-        tokens = check_u64(tokens, "tokens")
-        elapsed = check_u64(elapsed_ms, "elapsed_ms")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "end_call")
-            over = _roll_up(self._path(session), tokens, elapsed)
-            if session.depth > session.start_depth:
-                session.depth -= 1
-            status = session.budget()
-        if over is not None:
-            raise over
-        return status
+        try:
+            key = key_of(session_id)
+            tokens = check_u64(tokens, "tokens")
+            elapsed = check_u64(elapsed_ms, "elapsed_ms")
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "end_call")
+                over = _roll_up(self._path(session), tokens, elapsed)
+                if session.depth > session.start_depth:
+                    session.depth -= 1
+                status = session.budget()
+            if over is not None:
+                raise over
+            return status
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def call(self, session_id: SessionId | str) -> ModelCall:
         """Context manager around one model call: `begin_call` on entry; on
         every exit `end_call` with the `tokens` set on the yielded object and
         the elapsed wall time (the manager's clock if it has one)."""
-        key = key_of(session_id)
-        return ModelCall(
-            lambda: self.begin_call(SessionId._of(key)),
-            lambda tokens, elapsed: self.end_call(
-                SessionId._of(key), tokens=tokens, elapsed_ms=elapsed
-            ),
-            self._clock,
-        )
+        try:
+            key = key_of(session_id)
+            return ModelCall(
+                lambda: self.begin_call(SessionId._of(key)),
+                lambda tokens, elapsed: self.end_call(
+                    SessionId._of(key), tokens=tokens, elapsed_ms=elapsed
+                ),
+                self._clock,
+            )
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     # -- snapshots ------------------------------------------------------------------
 
-    @_counted
     def record_snapshot_created(
         self,
         session_id: SessionId | str,
@@ -786,47 +842,60 @@ class SessionManager:
     ) -> None:
         """Count a snapshot (MaxSnapshotsReached at `max_snapshots_per_session`, 0 = no
         limit of the config's) and, if `set_as_current`, make it current."""
-        key = key_of(session_id)
-        snapshot = check_str(snapshot_id, "snapshot_id")
-        if not isinstance(set_as_current, bool):
-            raise TypeError("set_as_current must be a bool")
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "record_snapshot_created")
-            # 0 means no limit of the config's: the count still stops at
-            # the crate's u32 maximum.
-            maximum = self._config.max_snapshots_per_session or U32_MAX
-            if session.snapshot_count >= maximum:
-                raise MaxSnapshotsReached(maximum)
-            session.snapshot_count += 1
-            if set_as_current:
-                session.snapshot = snapshot
+        try:
+            key = key_of(session_id)
+            snapshot = check_str(snapshot_id, "snapshot_id")
+            if not isinstance(set_as_current, bool):
+                raise TypeError("set_as_current must be a bool")
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "record_snapshot_created")
+                # 0 means no limit of the config's: the count still stops at
+                # the crate's u32 maximum.
+                maximum = self._config.max_snapshots_per_session or U32_MAX
+                if session.snapshot_count >= maximum:
+                    raise MaxSnapshotsReached(maximum)
+                session.snapshot_count += 1
+                if set_as_current:
+                    session.snapshot = snapshot
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def record_snapshot_restored(self, session_id: SessionId | str, snapshot_id: str) -> None:
         """Make `snapshot_id` the session's current snapshot."""
-        key = key_of(session_id)
-        snapshot = check_str(snapshot_id, "snapshot_id")
-        now = self._now()
-        with self._lock:
-            self._live(key, now, "record_snapshot_restored").snapshot = snapshot
+        try:
+            key = key_of(session_id)
+            snapshot = check_str(snapshot_id, "snapshot_id")
+            now = self._now()
+            with self._lock:
+                self._live(key, now, "record_snapshot_restored").snapshot = snapshot
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def get_current_snapshot(self, session_id: SessionId | str) -> str | None:
         """The current snapshot id, or None (read-only lookup)."""
-        key = key_of(session_id)
-        with self._lock:
-            return self._get(key).snapshot
+        try:
+            key = key_of(session_id)
+            with self._lock:
+                return self._get(key).snapshot
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
-    @_counted
     def clear_snapshot_tracking(self, session_id: SessionId | str) -> None:
         """Forget the current snapshot and reset the count."""
-        key = key_of(session_id)
-        now = self._now()
-        with self._lock:
-            session = self._live(key, now, "clear_snapshot_tracking")
-            session.snapshot = None
-            session.snapshot_count = 0
+        try:
+            key = key_of(session_id)
+            now = self._now()
+            with self._lock:
+                session = self._live(key, now, "clear_snapshot_tracking")
+                session.snapshot = None
+                session.snapshot_count = 0
+        except RlmError as exc:
+            self._count_refusal(exc)
+            raise
 
     # -- whole table ------------------------------------------------------------------
 
@@ -837,7 +906,7 @@ class SessionManager:
             return self._stats()
 
     def _stats(self) -> SessionStats:
-        return SessionStats(
+        return SessionStats._trusted(
             self._created,
             len(self._sessions),
             len(self._vm_to_session),

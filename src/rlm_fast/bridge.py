@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import importlib.util
 import inspect
 import json
 import logging
@@ -645,6 +646,8 @@ def _redis_manager(url: str, namespace: str) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.demo:
+        if importlib.util.find_spec("openai") is None:
+            _parser().error("--demo drives real OpenAI clients: pip install openai")
         return asyncio.run(_demo(args))
     if not args.upstream:
         _parser().error("--upstream URL is required (or --demo)")

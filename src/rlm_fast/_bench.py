@@ -352,22 +352,30 @@ class HotPath:
                 raise RuntimeError("the hot-path session stopped being valid")
 
     def during(self, call: Callable[[], object]) -> dict[str, float]:
-        """Run `call` in this thread; the hot path's latencies during it."""
+        """Run `call` in this thread; the hot path's latencies during it.
+        The result is dropped after the window, and how long that took is
+        `drop_ms`: freeing a list of a million objects is one step of
+        CPython's that holds the GIL throughout (about 35 ms for a million
+        SessionInfos here), whatever library made them."""
         self.ends = array("q")
         self.recording = True
         time.sleep(0.01)
         t0 = time.perf_counter_ns()
-        call()
+        result = call()
         t1 = time.perf_counter_ns()
         time.sleep(0.01)
         self.recording = False
         time.sleep(0.001)
+        t2 = time.perf_counter_ns()
+        del result
+        drop_ms = (time.perf_counter_ns() - t2) / 1e6
         ends = self.ends.tolist()
         gaps = sorted(b - a for a, b in pairwise(ends) if b >= t0 and a <= t1)
         if not gaps:  # the hot path never completed a call during it
             return {"seconds": (t1 - t0) / 1e9, "calls": 0, "worst_us": (t1 - t0) / 1e3,
-                    "p999_us": (t1 - t0) / 1e3}
+                    "p999_us": (t1 - t0) / 1e3, "drop_ms": drop_ms}
         return {
+            "drop_ms": drop_ms,
             "seconds": (t1 - t0) / 1e9,
             "calls": sum(1 for e in ends if t0 <= e <= t1),
             "worst_us": gaps[-1] / 1e3,
@@ -435,14 +443,16 @@ def print_stalls(core: str, n: int, rows: list[tuple[str, dict[str, float] | Non
                  out: Any = sys.stdout) -> None:
     print(f"{core}: {n:,} sessions; hot path = is_session_valid on one session, "
           "another thread", file=out)
-    print(f"  {'call':<38}{'duration ms':>12}{'hot calls':>11}{'worst us':>11}{'p99.9 us':>11}",
-          file=out)
+    print(f"  {'call':<38}{'duration ms':>12}{'hot calls':>11}{'worst us':>11}{'p99.9 us':>11}"
+          f"{'drop ms':>9}", file=out)
     for name, r in rows:
         if r is None:
             print(f"  {name:<38}{'-':>12}", file=out)
         else:
             print(f"  {name:<38}{r['seconds'] * 1e3:12.1f}{r['calls']:>11,}"
-                  f"{r['worst_us']:11.0f}{r['p999_us']:11.1f}", file=out)
+                  f"{r['worst_us']:11.0f}{r['p999_us']:11.1f}{r['drop_ms']:9.1f}", file=out)
+    print("  (drop ms: freeing the call's result afterwards, outside the window; "
+          "CPython frees a list in one step under the GIL)", file=out)
 
 
 def _has_numpy() -> bool:
@@ -542,6 +552,38 @@ def cleanup_at_scale(core: str, n: int = 1_000_000, expired_share: float = 0.1) 
     other.join()
     assert len(removed) == due, (len(removed), due)
     return {"seconds": elapsed, "other_thread_iterations": during}
+
+
+def dump_load_at_scale(core: str, n: int, python_path: bool = False) -> dict[str, float]:
+    """Seconds to dump a manager of `n` sessions (no VM, no context) and to
+    load the file back. `python_path`: the compiled core through the Python
+    writer and reader (`_dump.dump`, `_dump.load` without the C++ lines),
+    for a ratio in one run."""
+    from . import _dump
+
+    module = _core_module(core)
+    m = module.SessionManager(bench_config())
+    create = m.create_session
+    for _ in range(n):
+        create()
+    path = os.path.join(tempfile.mkdtemp(prefix="rlm-dump-"), "sessions.jsonl")
+    try:
+        t0 = time.perf_counter()
+        if python_path:
+            _dump.dump(m, path)
+        else:
+            m.dump(path)
+        t1 = time.perf_counter()
+        if python_path:
+            back = _dump.load(module.SessionManager, path)
+        else:
+            back = module.SessionManager.load(path)
+        t2 = time.perf_counter()
+        assert len(back) == n, (len(back), n)
+        return {"dump": t1 - t0, "load": t2 - t1, "bytes": float(os.path.getsize(path))}
+    finally:
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
 
 
 SCALING_LAYOUTS = ("disjoint roots", "children of one root", "children of different roots")
@@ -656,6 +698,8 @@ def parser() -> argparse.ArgumentParser:
                         "(--sessions sessions; the per-operation table is skipped)")
     p.add_argument("--memory", action="store_true", help="also RSS per session (--sessions)")
     p.add_argument("--cleanup", action="store_true", help="also cleanup over --sessions sessions")
+    p.add_argument("--dump", action="store_true",
+                   help="also dump and load of --sessions sessions, each core")
     p.add_argument("--scaling", action="store_true",
                    help="also 1 vs 2 threads (benchmarks/thread_scaling.py for more)")
     p.add_argument("--plot", metavar="FILE.png",
@@ -663,7 +707,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", metavar="URL",
                    help="also time RedisSessionManager at URL (redis://host:port)")
     p.add_argument("--sessions", type=int, default=1_000_000,
-                   help="sessions for --memory/--cleanup/--stalls (default 1,000,000)")
+                   help="sessions for --memory/--cleanup/--stalls/--dump (default 1,000,000)")
     p.add_argument("--core", choices=["both", "python", "cython"], default="both",
                    help="cores for --stalls (default both)")
     return p
@@ -714,6 +758,14 @@ def run(args: argparse.Namespace) -> list[Row]:
             print(f"  {core:<7} {r['seconds'] * 1e3:9.1f} ms   another Python thread ran "
                   f"{r['other_thread_iterations']:,} loop iterations during the call")
         print(f"  twin/cython: {got['python']['seconds'] / got['cython']['seconds']:.1f}x")
+    if args.dump:
+        print(f"\ndump and load of {n:,} sessions (no VM, no context), seconds")
+        runs = [("python", "python", False), ("cython, Python lines", "cython", True),
+                ("cython", "cython", False)]
+        for label, core, slow in runs:
+            r = in_subprocess(f"dump_load_at_scale({core!r}, {n}, {slow!r})")
+            print(f"  {label:<22} dump {r['dump']:7.2f}   load {r['load']:7.2f}"
+                  f"   ({r['bytes'] / n:.0f} bytes a session)")
     if args.scaling:
         print("\nthreads on sessions of one compiled manager (ops/s; "
               "benchmarks/thread_scaling.py goes to 16)")

@@ -10,7 +10,7 @@ import errno
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, BinaryIO, Protocol, TypeVar
 
 from ._checks import check_u32, check_u64, show_value
@@ -135,28 +135,14 @@ _M = TypeVar("_M", bound=_Manager)
 
 
 def dump(manager: _Manager, path: str | os.PathLike[str]) -> None:
-    """Write every session and the counters to `path`, atomically: the lines
-    stream into a temp file in the same directory, which is fsynced and
-    renamed over `path`, then the directory is fsynced. A crash at any
-    moment leaves the old file or the new one, never a mix."""
+    """Write every session and the counters to `path`, atomically
+    (write_file), from the manager's `_export` made into a table that loads
+    (settle). The compiled core writes its lines in C++ instead and calls
+    write_file itself."""
     infos, stats, starts = manager._export()
-    infos, starts, (created, destroyed, expired) = settle(infos, stats, starts)
-    header = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "config": manager.config.to_dict(),
-        "created": created,
-        "destroyed": destroyed,
-        "expired": expired,
-        "sessions": len(infos),
-    }
-    try:
-        head = (to_json(header) + "\n").encode("utf-8")
-    except UnicodeEncodeError as exc:  # a config string with a lone surrogate
-        raise Serialization(f"the config is not valid UTF-8: {exc}") from None
-    digest = hashlib.sha256(head)
-    with _atomic_file(os.fsdecode(path)) as f:
-        f.write(head)
+    infos, starts, counters = settle(infos, stats, starts)
+
+    def chunks() -> Iterator[bytes]:
         for start in range(0, len(infos), _BATCH):
             lines = [
                 _dump_line(info, depth)
@@ -165,10 +151,44 @@ def dump(manager: _Manager, path: str | os.PathLike[str]) -> None:
                 )
             ]
             lines.append("")
-            chunk = "\n".join(lines).encode("utf-8")
+            yield "\n".join(lines).encode("utf-8")
+
+    write_file(path, manager.config, counters, len(infos), chunks())
+
+
+def write_file(
+    path: str | os.PathLike[str],
+    config: RlmConfig,
+    counters: tuple[int, int, int],
+    sessions: int,
+    chunks: Iterable[bytes],
+) -> None:
+    """Write a dump file of `sessions` session lines, given as `chunks` of
+    whole UTF-8 lines each ending in a newline, atomically: the lines stream
+    into a temp file in the same directory, which is fsynced and renamed
+    over `path`, then the directory is fsynced. A crash at any moment leaves
+    the old file or the new one, never a mix."""
+    created, destroyed, expired = counters
+    header = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "created": created,
+        "destroyed": destroyed,
+        "expired": expired,
+        "sessions": sessions,
+    }
+    try:
+        head = (to_json(header) + "\n").encode("utf-8")
+    except UnicodeEncodeError as exc:  # a config string with a lone surrogate
+        raise Serialization(f"the config is not valid UTF-8: {exc}") from None
+    digest = hashlib.sha256(head)
+    with _atomic_file(os.fsdecode(path)) as f:
+        f.write(head)
+        for chunk in chunks:
             digest.update(chunk)
             f.write(chunk)
-        trailer = {"end": FORMAT_NAME, "sessions": len(infos), "sha256": digest.hexdigest()}
+        trailer = {"end": FORMAT_NAME, "sessions": sessions, "sha256": digest.hexdigest()}
         f.write((to_json(trailer) + "\n").encode("ascii"))
 
 
@@ -309,17 +329,24 @@ def load(
     config: RlmConfig | None = None,
     *,
     clock: Callable[[], int] | None = None,
+    restore_lines: Callable[[_M, bytes, int, int, int, tuple[int, int, int]], bool] | None = None,
 ) -> _M:
     """A new manager of class `cls` holding what `dump` wrote to `path`,
     with the dumped config unless `config` is given. The file is checked
     whole (trailer, checksum, counts, every line) before anything is built,
-    so a bad file raises Serialization and never half-loads."""
+    so a bad file raises Serialization and never half-loads.
+
+    `restore_lines(manager, data, start, end, count, counters)` (the
+    compiled core's) may restore the session lines `data[start:end]` itself
+    once the file-level checks passed: it returns False, having changed
+    nothing, for any file it does not take whole, and the lines are then
+    read here."""
     name = os.fsdecode(path)
     manager = None if config is None else cls(config, clock=clock)  # fail fast
     with open(name, "rb") as f:
         data = f.read()
     try:
-        header, infos = _parse_dump(data)
+        header, start, end = _check_file(data)
     except Serialization as exc:
         raise Serialization(f"{name}: {exc.message}") from None
     if manager is None:
@@ -329,6 +356,14 @@ def load(
             raise Serialization(f"{name}: line 1: config: {exc}") from None
         manager = cls(dumped, clock=clock)
     counters = (header["created"], header["destroyed"], header["expired"])
+    if restore_lines is not None and restore_lines(
+        manager, data, start, end, header["sessions"], counters
+    ):
+        return manager
+    try:
+        infos = _parse_lines(data[start:end])
+    except Serialization as exc:
+        raise Serialization(f"{name}: {exc.message}") from None
     try:
         manager._restore([info for info, _ in infos], counters, [d for _, d in infos])
     except (TypeError, ValueError) as exc:
@@ -336,7 +371,10 @@ def load(
     return manager
 
 
-def _parse_dump(data: bytes) -> tuple[Mapping[str, Any], list[tuple[SessionInfo, int]]]:
+def _check_file(data: bytes) -> tuple[Mapping[str, Any], int, int]:
+    """The checks on a dump file as a whole: trailer, checksum, UTF-8, the
+    header and the counts. Returns the header and where the session lines
+    are: `data[start:end]`, each line ending in a newline."""
     if not data:
         raise Serialization("empty file, not an rlm_fast dump")
     if not data.endswith(b"\n"):
@@ -344,7 +382,7 @@ def _parse_dump(data: bytes) -> tuple[Mapping[str, Any], list[tuple[SessionInfo,
     cut = data.rfind(b"\n", 0, len(data) - 1) + 1
     if cut == 0:
         raise Serialization("truncated: the file has no trailer line")
-    body = data[:cut]
+    body = memoryview(data)[:cut]
     try:
         trailer = _object(parse_json(data[cut:-1]), _TRAILER_FIELDS, "trailer")
         if trailer["end"] != FORMAT_NAME:
@@ -357,12 +395,12 @@ def _parse_dump(data: bytes) -> tuple[Mapping[str, Any], list[tuple[SessionInfo,
     if trailer["sha256"] != hashlib.sha256(body).hexdigest():
         raise Serialization("corrupted: the sha256 in the trailer does not match the file")
     try:
-        lines = body.decode("utf-8").split("\n")
+        str(body, "utf-8")
     except UnicodeDecodeError as exc:
         raise Serialization(f"invalid UTF-8: {exc}") from None
-    lines.pop()  # the empty string after the last newline
+    start = data.find(b"\n") + 1  # (cut > 0: the body has a newline)
     try:
-        header = _object(parse_json(lines[0]), _HEADER_FIELDS, "header")
+        header = _object(parse_json(data[: start - 1].decode("utf-8")), _HEADER_FIELDS, "header")
         if header["format"] != FORMAT_NAME:
             raise Serialization(f"not an rlm_fast dump (format {show_value(header['format'])})")
         if type(header["version"]) is not int or header["version"] not in _READABLE_VERSIONS:
@@ -374,15 +412,24 @@ def _parse_dump(data: bytes) -> tuple[Mapping[str, Any], list[tuple[SessionInfo,
             _u64(header[field], field)
     except Serialization as exc:
         raise Serialization(f"line 1: {exc.message}") from None
-    if header["sessions"] != count or len(lines) - 1 != count:
+    lines = data.count(b"\n", 0, cut) - 1  # the body ends with a newline
+    if header["sessions"] != count or lines != count:
         raise Serialization(
             f"corrupted: session count mismatch: header {header['sessions']}, "
-            f"trailer {count}, lines {len(lines) - 1}"
+            f"trailer {count}, lines {lines}"
         )
+    return header, start, cut
+
+
+def _parse_lines(lines: bytes) -> list[tuple[SessionInfo, int]]:
+    """The sessions of a dump's session lines (line numbers count the
+    header as line 1), linked into their trees."""
     infos = []
-    for number, line in enumerate(lines[1:], start=2):
+    texts = lines.decode("utf-8").split("\n")
+    texts.pop()  # the empty string after the last newline
+    for number, line in enumerate(texts, start=2):
         try:
             infos.append(_load_line(line))
         except Serialization as exc:
             raise Serialization(f"line {number}: {exc.message}") from None
-    return header, _link_trees(infos)
+    return _link_trees(infos)

@@ -26,5 +26,6 @@
 #include "_c/debug.h"
 #include "_c/session.h"
 #include "_c/table.h"
+#include "_c/dumpfile.h"
 
 #endif /* RLM_FAST_SESSION_C_H */

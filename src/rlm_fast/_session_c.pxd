@@ -56,6 +56,18 @@ cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
 
     void rlm_move_copy(SessionCopy &, SessionCopy &)
     int rlm_order_by_id(const vector[SessionCopy] &, vector[size_t] *)
+    void rlm_free_rows(vector[SessionCopy] &)  # elements and buffer
+    void rlm_free_order(vector[size_t] &)
+    void rlm_sort_keys(vector[SidKey] &)
+    # dump (_c/dumpfile.h): _dump.settle, and the lines, in C++
+    int rlm_settle(vector[SessionCopy] &, const vector[size_t] &, vector[size_t] *)
+    int rlm_dump_lines(const vector[SessionCopy] &, const vector[size_t] &, size_t, size_t,
+                       string *)
+    # load: canonical lines read back and checked; RLM_FALLBACK: the Python path
+    int RLM_FALLBACK
+    int rlm_read_dump(const char *, size_t, size_t, uint64_t, uint64_t, uint64_t,
+                      vector[SessionCopy] *)
+    void rlm_free_keys(vector[SidKey] &)
 
     ctypedef struct Config:
         int64_t duration_ns
@@ -71,6 +83,7 @@ cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
 
     SidKey rlm_key_from_bytes(const unsigned char *)  # 16 big-endian bytes
     void rlm_sort_rows(vector[BudgetRow] &)
+    void rlm_free_budget_rows(vector[BudgetRow] &)
 
     ctypedef struct Stats:
         uint64_t created
@@ -105,11 +118,12 @@ cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
         int extend(SidKey, int64_t, SessionCopy *, SidKey *)
         # destroy/cleanup move the removed sessions' last states out
         # (destroy: the session first, then its descendants in id order;
-        # cleanup: unordered, in pieces; the caller sorts by id). Whole-table
+        # cleanup: unordered, in pieces; the caller sorts by id; with the
+        # rows NULL, only the removed ids, into the keys). Whole-table
         # calls (cleanup, list, budget_rows, stats, size) hold no lock for
         # more than rlm_piece_size() sessions: call them without the GIL.
         int destroy(SidKey, vector[SessionCopy] *)
-        int cleanup(int64_t, vector[SessionCopy] *)
+        int cleanup(int64_t, vector[SessionCopy] *, vector[SidKey] *)
         int assign_vm(SidKey, int64_t, const string &, SidKey *, SidKey *, cbool *)
         int release_vm(SidKey, string *, cbool *)
         int get_vm(SidKey, string *, cbool *)
@@ -204,6 +218,7 @@ cdef class SessionManager:
     cdef int64_t _stamp_now(self) except? -1
     cdef object _increment(self, SidKey k)
     cdef list _pop_expired(self, bint infos)
+    cdef list _expired_ids(self, int64_t now)
 
 
 # ---- the nogil C API (status codes: RlmStatus) ----------------------------

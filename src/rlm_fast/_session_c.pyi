@@ -10,7 +10,7 @@ rlm_fast` checks this file against the built module.
 import builtins
 import datetime as _dt
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NoReturn, TypeAlias, final
 
 from . import _results, _session_py
@@ -234,6 +234,12 @@ class _Floor:
     def noop(self, session_id: object) -> None: ...
 
 @final
+class _DumpLines:
+    """A table read for dump: its lines, a chunk at a time."""
+
+    def chunks(self, batch: int) -> Iterator[builtins.bytes]: ...
+
+@final
 class _Recursion:
     """What `SessionManager.recursion(id)` returns."""
 
@@ -327,5 +333,10 @@ class SessionManager:
     def __reduce__(self) -> NoReturn: ...
 
 # tests: the piece size of whole-table calls (SPEC 15) and their lock holds
+def _restore_lines(
+    m: SessionManager, data: builtins.bytes, start: int, end: int, count: int,
+    counters: tuple[int, int, int],
+) -> bool: ...
+def _dump_bytes(infos: list[SessionInfo], starts: list[int]) -> builtins.bytes: ...
 def _set_piece(n: int) -> int: ...
 def _piece_stats(manager: SessionManager, reset: bool = False) -> tuple[int, int]: ...

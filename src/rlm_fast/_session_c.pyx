@@ -32,6 +32,7 @@ from libcpp.string cimport string
 from cpython.dict cimport PyDict_GetItemWithError
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_INCREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libcpp.algorithm cimport is_sorted, sort
 from libcpp.vector cimport vector
 
@@ -419,6 +420,57 @@ cdef list _infos_in_order(vector[SessionCopy] &rows, vector[size_t] &order):
     return out
 
 
+def _restore_lines(SessionManager m, bytes data, Py_ssize_t start, Py_ssize_t end,
+                   count, counters):
+    """load's fast path (`_dump.load`'s restore_lines): the session lines
+    data[start:end] of a file that passed the file-level checks, read and
+    checked in C++ without the GIL and restored. False, with nothing
+    changed, when a line is not in the canonical form dump writes or a
+    check fails: the Python path then reads the file and names the fault."""
+    cdef vector[SessionCopy] rows
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef size_t n = count
+    cdef uint64_t created = counters[0], destroyed = counters[1], expired = counters[2]
+    cdef int st
+    if not 0 <= start <= end <= len(data):
+        raise ValueError("the session lines lie outside the data")
+    with nogil:
+        st = rlm_read_dump(p + start, <size_t>(end - start), n, created, destroyed, expired,
+                           &rows)
+    if st == RLM_FALLBACK:
+        return False
+    if st != RLM_OK:
+        raise MemoryError()
+    with nogil:
+        st = m._t.restore(rows, created, destroyed, expired)
+        rlm_free_rows(rows)
+    if st == RLM_NOT_EMPTY:
+        raise ValueError("restore needs a new, empty manager")
+    if st != RLM_OK:
+        raise MemoryError()
+    return True
+
+
+def _dump_bytes(infos, starts):
+    """Tests: the session lines dump writes for an export of these
+    SessionInfos and start depths, in this (id) order, after rlm_settle:
+    what `_dump.settle` and `_dump._dump_line` make of them in Python."""
+    cdef vector[SessionCopy] rows
+    cdef vector[size_t] order, kept
+    cdef string text
+    cdef SessionInfo info
+    cdef size_t i
+    for info, start in zip(reversed(infos), reversed(starts)):  # rows out of order,
+        rows.push_back(info.c)
+        rows.back().s.start_depth = start
+    for i in range(rows.size()):  # as the table's are: `order` puts them in id order
+        order.push_back(rows.size() - 1 - i)
+    if rlm_settle(rows, order, &kept) != RLM_OK or \
+            rlm_dump_lines(rows, kept, 0, kept.size(), &text) != RLM_OK:
+        raise MemoryError()
+    return PyBytes_FromStringAndSize(text.data(), text.size())
+
+
 def _set_piece(n):
     """Tests: whole-table calls hold a lock for at most `n` sessions
     (default 2048); returns the previous value."""
@@ -580,6 +632,35 @@ cdef BudgetStatus _budget_of(object other):
         return <BudgetStatus>other
     t = other._astuple()
     return _budget(t[0], t[1], t[2], t[3], t[4], t[5])
+
+
+cdef size_t _DUMP_BATCH = 1024  # lines per chunk of a dump
+
+
+@cython.final
+cdef class _DumpLines:
+    """A table read for dump and settled (rlm_settle): `chunks(batch)`
+    makes its lines, `batch` at a time, without the GIL, and frees the rows
+    without the GIL once the last chunk is made."""
+
+    cdef vector[SessionCopy] rows
+    cdef vector[size_t] kept  # indices into rows, in id order
+
+    def chunks(self, size_t batch):
+        cdef string text
+        cdef size_t i = 0, end, n = self.kept.size()
+        cdef int st
+        while i < n:
+            end = min(n, i + batch)
+            with nogil:
+                st = rlm_dump_lines(self.rows, self.kept, i, end, &text)
+            if st != RLM_OK:
+                raise MemoryError()
+            yield PyBytes_FromStringAndSize(text.data(), text.size())
+            i = end
+        with nogil:
+            rlm_free_rows(self.rows)
+            rlm_free_order(self.kept)
 
 
 @cython.final
@@ -1115,19 +1196,21 @@ cdef class SessionManager:
 
     cdef list _pop_expired(self, bint infos):
         cdef int64_t now = self._now()
+        cdef bint report = self._on_remove is not None or _info_on()
+        if not (infos or report):
+            return self._expired_ids(now)
         cdef vector[SessionCopy] rows
         cdef vector[size_t] order
         cdef int st, sorted_st
         cdef size_t i, n, piece = rlm_piece_size()
         with nogil:  # the work runs without the GIL, in pieces: other threads go on
-            st = self._t.cleanup(now, &rows)
+            st = self._t.cleanup(now, &rows, NULL)
             sorted_st = rlm_order_by_id(rows, &order)
         if sorted_st != RLM_OK:
             raise MemoryError()  # (the rows are out of the table; nothing to report them with)
         n = rows.size()
         cdef list out = PyList_New(n)  # sized once: no regrowth
         cdef object item
-        cdef bint report = n != 0 and (self._on_remove is not None or _info_on())
         cdef list removed = [] if report else None
         cdef SessionInfo info
         cdef _Turns turns
@@ -1135,20 +1218,44 @@ cdef class SessionManager:
         for i in range(n):
             if i % piece == piece - 1:
                 _take_turns(&turns)
-            if infos or report:
-                info = _info(&rows[order[i]])
-                if report:
-                    removed.append((info, "expired" if info.c.s.expires_ns < now else "cascade"))
-                item = info if infos else info.id
-            else:
-                item = _sid(rows[order[i]].key)
+            info = _info(&rows[order[i]])
+            if report:
+                removed.append((info, "expired" if info.c.s.expires_ns < now else "cascade"))
+            item = info if infos else info.id
+            Py_INCREF(item)
+            PyList_SET_ITEM(out, i, item)
+        with nogil:  # (SPEC 15) a large buffer goes back to the OS without the GIL
+            rlm_free_rows(rows)
+            rlm_free_order(order)
+        if report and n != 0:
+            report_removed(self._on_remove, removed)  # every lock released
+        if st != RLM_OK:  # out of memory part way: what was removed is reported
+            raise MemoryError()
+        return out
+
+    cdef list _expired_ids(self, int64_t now):
+        """cleanup_expired_sessions when nobody hears of removals: the
+        table keeps only the removed ids, sorted without the GIL."""
+        cdef vector[SidKey] keys
+        cdef int st
+        cdef size_t i, n, piece = rlm_piece_size()
+        with nogil:
+            st = self._t.cleanup(now, NULL, &keys)
+            rlm_sort_keys(keys)
+        n = keys.size()
+        cdef list out = PyList_New(n)  # sized once: no regrowth
+        cdef object item
+        cdef _Turns turns
+        _turns_init(&turns)
+        for i in range(n):
+            if i % piece == piece - 1:
+                _take_turns(&turns)
+            item = _sid(keys[i])
             Py_INCREF(item)
             PyList_SET_ITEM(out, i, item)
         with nogil:
-            rows.clear()
-        if report:
-            report_removed(self._on_remove, removed)  # every lock released
-        if st != RLM_OK:  # out of memory part way: what was removed is reported
+            rlm_free_keys(keys)
+        if st != RLM_OK:  # out of memory part way (what was removed stays removed)
             raise MemoryError()
         return out
 
@@ -1528,8 +1635,9 @@ cdef class SessionManager:
         if st != RLM_OK:
             raise MemoryError()
         out = _infos_in_order(rows, order)
-        with nogil:
-            rows.clear()
+        with nogil:  # (SPEC 15) a large buffer goes back to the OS without the GIL
+            rlm_free_rows(rows)
+            rlm_free_order(order)
         return out
 
     # -- bulk API (numpy) ---------------------------------------------------------
@@ -1591,6 +1699,7 @@ cdef class SessionManager:
         if size != 0:  # an empty vector's data() may be NULL: memcpy's arguments never are
             with nogil:  # the copy of a large table without the GIL
                 memcpy(dst, <const char *>rows.data(), size)
+                rlm_free_budget_rows(rows)  # and the buffer's return to the OS
         return numpy().frombuffer(data, dtype=dtype)
 
     def _export(self):
@@ -1620,8 +1729,9 @@ cdef class SessionManager:
             Py_INCREF(item)
             PyList_SET_ITEM(starts, i, item)
         infos = _infos_in_order(rows, order)
-        with nogil:
-            rows.clear()
+        with nogil:  # (SPEC 15) a large buffer goes back to the OS without the GIL
+            rlm_free_rows(rows)
+            rlm_free_order(order)
         return infos, _stats(s), starts
 
     def _restore(self, infos, counters, start_depths=None):
@@ -1648,9 +1758,26 @@ cdef class SessionManager:
 
     def dump(self, path):
         """Write every session and the counters to `path`, atomically
-        (docs/dump-format.md)."""
-        from ._dump import dump
-        dump(self, path)
+        (docs/dump-format.md). The table is read in pieces as `_export`
+        reads it, settled and written as lines in C++ without the GIL, a
+        chunk of lines at a time (`_DumpLines`)."""
+        from ._dump import write_file
+        cdef _DumpLines lines = _DumpLines.__new__(_DumpLines)
+        cdef vector[size_t] order
+        cdef Stats s
+        cdef int st
+        with nogil:
+            st = self._t.list(&lines.rows, &s)
+            if st == RLM_OK:
+                st = rlm_order_by_id(lines.rows, &order)
+            if st == RLM_OK:
+                st = rlm_settle(lines.rows, order, &lines.kept)
+            rlm_free_order(order)
+        if st != RLM_OK:
+            raise MemoryError()
+        cdef size_t n = lines.kept.size()
+        counters = (s.destroyed + s.expired + n, s.destroyed, s.expired)  # settle's rule
+        write_file(path, self.config, counters, n, lines.chunks(_DUMP_BATCH))
 
     @classmethod
     def load(cls, path, config=None, *, clock=None, on_remove=None):
@@ -1662,7 +1789,7 @@ cdef class SessionManager:
         def make(config, *, clock):
             return cls(config, clock=clock, on_remove=on_remove)
 
-        return load(make, path, config, clock=clock)
+        return load(make, path, config, clock=clock, restore_lines=_restore_lines)
 
     def __len__(self):
         cdef size_t n

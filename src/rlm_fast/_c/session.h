@@ -88,6 +88,15 @@ static inline int rlm_order_by_id(const std::vector<SessionCopy> &rows,
     return RLM_OK;
 }
 
+/* Free a vector's elements and its buffer. Whole-table calls call these
+ * without the GIL: a buffer of a million rows is hundreds of MB, and
+ * handing it back to the OS (munmap) takes milliseconds that no other
+ * thread should wait for. */
+static inline void rlm_free_rows(std::vector<SessionCopy> &v) { std::vector<SessionCopy>().swap(v); }
+static inline void rlm_free_order(std::vector<size_t> &v) { std::vector<size_t>().swap(v); }
+static inline void rlm_free_keys(std::vector<SidKey> &v) { std::vector<SidKey>().swap(v); }
+static inline void rlm_sort_keys(std::vector<SidKey> &v) { std::sort(v.begin(), v.end()); }
+
 /* Hand a copy over to a result object without copying its strings. */
 static inline void rlm_move_copy(SessionCopy &dst, SessionCopy &src) {
     dst = std::move(src);
@@ -115,6 +124,8 @@ struct BudgetRow {
     uint8_t has_vm;
 };
 #pragma pack(pop)
+
+static inline void rlm_free_budget_rows(std::vector<BudgetRow> &v) { std::vector<BudgetRow>().swap(v); }
 
 /* Sort rows by id: memcmp of big-endian ids is numeric order. */
 static inline void rlm_sort_rows(std::vector<BudgetRow> &rows) {

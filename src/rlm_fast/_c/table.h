@@ -491,11 +491,13 @@ class Table {
     }
 
     /* Remove exactly the sessions with expires_at < now, each with its
-     * subtree, moving every removed session's last state into *removed
-     * (appended, unordered: the caller sorts by id after the locks are
-     * released; strings taken out of the table, not copied). The due
-     * entries are a prefix of each shard's FIFO plus the top of its heap:
-     * the cost is that of the due sessions and their subtrees.
+     * subtree. With `removed`, every removed session's last state is moved
+     * into it (appended, unordered: the caller sorts by id after the locks
+     * are released; strings taken out of the table, not copied); with
+     * `removed` NULL only the removed ids are appended to *keys (what
+     * cleanup_expired_sessions returns when nobody is told of removals).
+     * The due entries are a prefix of each shard's FIFO plus the top of
+     * its heap: the cost is that of the due sessions and their subtrees.
      *
      * In pieces (SPEC 15): shard by shard, one hold of the shard's lock
      * pops at most rlm_piece_size() index entries and removes their
@@ -503,13 +505,14 @@ class Table {
      * the same shard, in the same hold), then lets go. A piece that meets a
      * tree holding a VM ends there; the shard's next pieces take vm_mu_
      * first (the lock order). Each shard's counters balance at every
-     * unlock. On RLM_NOMEM what was removed before is in *removed. */
-    int cleanup(int64_t now, std::vector<SessionCopy> *removed) {
+     * unlock. On RLM_NOMEM what was removed before is in *removed / *keys. */
+    int cleanup(int64_t now, std::vector<SessionCopy> *removed, std::vector<SidKey> *keys) {
         const size_t piece = rlm_piece_size();
         std::vector<SessionCopy> buf;
-        std::vector<SidKey> doomed;
+        std::vector<SidKey> kbuf, doomed;
         try {
-            buf.reserve(2 * piece);
+            buf.reserve(removed ? 2 * piece : 0);
+            kbuf.reserve(removed ? 0 : 2 * piece);
         } catch (const std::bad_alloc &) {
             return RLM_NOMEM;
         }
@@ -521,17 +524,31 @@ class Table {
                     MaybeLock gv(vm_mu_, with_vm);
                     RlmGuard g(sh.mu);
                     bool need_vm = false;
-                    st = cleanup_piece(sh, now, with_vm, piece, &buf, &doomed, &more, &need_vm);
+                    st = cleanup_piece(sh, now, with_vm, piece, &buf, removed ? NULL : &kbuf,
+                                       &doomed, &more, &need_vm);
                     with_vm = with_vm || need_vm;
                     RLM_DEBUG_ONLY(check_shard(sh));
                 }
-                try { /* outside the locks: the only allocation here */
-                    rlm_room(removed, buf.size());
-                } catch (const std::bad_alloc &) {
-                    st = RLM_NOMEM;
+                /* Outside the locks: the only allocation here. */
+                if (removed) {
+                    try {
+                        rlm_room(removed, buf.size());
+                    } catch (const std::bad_alloc &) {
+                        st = RLM_NOMEM;
+                    }
+                    size_t keep = std::min(buf.size(), removed->capacity() - removed->size());
+                    for (size_t i = 0; i < keep; ++i) removed->push_back(std::move(buf[i]));
+                } else {
+                    try {
+                        rlm_room(keys, kbuf.size() + buf.size());
+                    } catch (const std::bad_alloc &) {
+                        st = RLM_NOMEM;
+                    }
+                    size_t room = keys->capacity() - keys->size();
+                    for (size_t i = 0; i < kbuf.size() && room; ++i, --room) keys->push_back(kbuf[i]);
+                    for (size_t i = 0; i < buf.size() && room; ++i, --room) keys->push_back(buf[i].key);
+                    kbuf.clear();
                 }
-                size_t keep = std::min(buf.size(), removed->capacity() - removed->size());
-                for (size_t i = 0; i < keep; ++i) removed->push_back(std::move(buf[i]));
                 buf.clear();
                 if (st != RLM_OK) return st;
             }
@@ -1344,10 +1361,12 @@ class Table {
      * subtree, until `piece` sessions removed or stale entries dropped (*more: the
      * shard may have more due) or none is due. A due tree holding a VM
      * without vm_mu_ held ends the piece with *need_vm set, its entry left
-     * in place. */
+     * in place. The last states go to *buf; with `keys`, a session alone
+     * (no children, no VM or vm_mu_ held) leaves only its id there, taken
+     * out with one lookup. */
     int cleanup_piece(Shard &sh, int64_t now, bool have_vm, size_t piece,
-                      std::vector<SessionCopy> *buf, std::vector<SidKey> *doomed,
-                      bool *more, bool *need_vm) {
+                      std::vector<SessionCopy> *buf, std::vector<SidKey> *keys,
+                      std::vector<SidKey> *doomed, bool *more, bool *need_vm) {
         size_t work = 0; /* sessions removed and stale entries dropped */
         int st = RLM_OK;
         *more = true;
@@ -1358,8 +1377,20 @@ class Table {
                 *more = false;
                 break;
             }
-            if (!sh.live_entry(e)) { /* stale: its session is gone or moved on */
+            auto it = sh.sessions.find(e.key);
+            if (it == sh.sessions.end() || it->second.expires_ns != e.expires) {
+                sh.drop_due(from_heap); /* stale: its session is gone or moved on */
+                work += 1;
+                continue;
+            }
+            const Extras *ex = it->second.extras;
+            if (keys && (!ex || (ex->children.empty() && (have_vm || !ex->has_vm)))) {
+                /* The common case: one session alone, only its id wanted
+                 * (keys has room: the caller reserved two pieces). */
+                keys->push_back(e.key);
+                drop_alone(sh, it);
                 sh.drop_due(from_heap);
+                sh.expired += 1;
                 work += 1;
                 continue;
             }
@@ -1378,6 +1409,22 @@ class Table {
         }
         note_hold(work);
         return st;
+    }
+
+    /* Remove a session that has no children (its VM mapping too, if its
+     * own: the caller then holds vm_mu_), keeping nothing of it: no
+     * allocation, no throw. Caller holds the shard's lock. */
+    void drop_alone(Shard &sh, Shard::Map::iterator it) {
+        Session &s = it->second;
+        if (Extras *ex = s.extras) {
+            detach(sh, it->first, s);
+            if (ex->has_vm) {
+                auto m = vm_to_session_.find(ex->vm);
+                if (m != vm_to_session_.end() && m->second == it->first) vm_to_session_.erase(m);
+            }
+            delete ex;
+        }
+        sh.sessions.erase(it);
     }
 
     /* The keys of one shard, appended to *keys, read bucket by bucket in

@@ -25,6 +25,7 @@
 #include "ids.h"
 #include "lock.h"
 #include "session.h"
+#include "sessionmap.h"
 #include "status.h"
 
 namespace rlm_fast {
@@ -39,7 +40,7 @@ static const uint64_t RLM_SHARD_MASK = RLM_NSHARDS - 1;
 
 /* Whole-table calls (cleanup, list, budget rows, stats, size) work in
  * pieces (SPEC 15, docs/design.md "No stalls"): one lock hold covers at most
- * this many sessions (and, for a key scan, 4x as many hash buckets), then the
+ * this many sessions (a key scan: this many rows of the slab), then the
  * lock is released and taken again. Settable for tests
  * (_session_c._set_piece); read once per call. The one exception: a due
  * session is removed with its whole subtree under one hold, so a tree larger
@@ -76,10 +77,8 @@ struct ExpiryLater { /* std heaps are max-heaps: invert for the earliest */
 /* One stripe of the table: its sessions and their expiry index, under its
  * own lock, on its own cache lines. Its methods assume `mu` is held. */
 struct alignas(64) Shard {
-    typedef std::unordered_map<SidKey, Session, SidHash> Map;
-
     RlmLock mu;
-    Map sessions;
+    SessionMap sessions; /* rows in a slab: a Session * stays valid while it lives */
     /* The expiry index: one (expires_at, id) entry per create and
      * extension. Entries arriving in expiry order (the usual case: each
      * create expires after the previous one) go to the FIFO, so the due
@@ -96,13 +95,10 @@ struct alignas(64) Shard {
     uint64_t expired = 0;
 
     ~Shard() {
-        for (auto &kv : sessions) delete kv.second.extras;
+        sessions.for_each([](Row &r) { delete r.s.extras; });
     }
 
-    Session *find(SidKey key) {
-        auto it = sessions.find(key);
-        return it == sessions.end() ? NULL : &it->second;
-    }
+    Session *find(SidKey key) { return sessions.find(key); }
 
     /* A child's parent (in this shard: trees never span shards); NULL for
      * a root. */
@@ -275,7 +271,7 @@ class Table {
         Shard &sh = shard_of(key);
         RlmGuard g(sh.mu);
         try {
-            if (sh.sessions.find(key) != sh.sessions.end()) return RLM_DUPLICATE;
+            if (sh.sessions.find(key)) return RLM_DUPLICATE;
             Session s;
             s.created_ns = now;
             s.expires_ns = expires;
@@ -285,7 +281,7 @@ class Table {
             bool in_fifo = sh.push_expiry(expires, key); /* may throw: nothing changed */
             Session *stored;
             try {
-                stored = &sh.sessions.emplace(key, s).first->second;
+                stored = sh.sessions.insert(key, s);
             } catch (const std::bad_alloc &) {
                 sh.unpush_expiry(in_fifo, expires, key);
                 throw;
@@ -323,7 +319,7 @@ class Table {
                 *value = time_left;
                 return RLM_TIME_ABOVE_PARENT;
             }
-            if (sh.sessions.find(key) != sh.sessions.end()) return RLM_DUPLICATE;
+            if (sh.sessions.find(key)) return RLM_DUPLICATE;
             Session s;
             s.created_ns = now;
             s.expires_ns = now > RLM_I64_MAX - cfg.duration_ns
@@ -345,7 +341,7 @@ class Table {
                 bool in_fifo = sh.push_expiry(s.expires_ns, key);
                 Session *stored;
                 try {
-                    stored = &sh.sessions.emplace(key, s).first->second;
+                    stored = sh.sessions.insert(key, s);
                 } catch (const std::bad_alloc &) {
                     sh.unpush_expiry(in_fifo, s.expires_ns, key);
                     throw;
@@ -1081,7 +1077,7 @@ class Table {
             }
             for (const SessionCopy &row : rows) {
                 Shard &sh = shards_[index(row.key)];
-                Session &s = sh.sessions.emplace(row.key, row.s).first->second;
+                Session &s = *sh.sessions.insert(row.key, row.s); /* ids checked distinct */
                 s.extras = NULL;
                 s.start_depth = row.has_parent ? row.s.start_depth : 0;
                 sh.heap.push_back({row.s.expires_ns, row.key});
@@ -1109,7 +1105,7 @@ class Table {
             }
         } catch (const std::bad_alloc &) {
             for (Shard &sh : shards_) {
-                for (auto &kv : sh.sessions) delete kv.second.extras;
+                sh.sessions.for_each([](Row &r) { delete r.s.extras; });
                 sh.sessions.clear();
                 sh.heap.clear();
                 sh.created = 0;
@@ -1377,18 +1373,18 @@ class Table {
                 *more = false;
                 break;
             }
-            auto it = sh.sessions.find(e.key);
-            if (it == sh.sessions.end() || it->second.expires_ns != e.expires) {
+            uint32_t r = sh.sessions.find_row(e.key);
+            if (r == SessionMap::NONE || sh.sessions.row(r)->s.expires_ns != e.expires) {
                 sh.drop_due(from_heap); /* stale: its session is gone or moved on */
                 work += 1;
                 continue;
             }
-            const Extras *ex = it->second.extras;
+            const Extras *ex = sh.sessions.row(r)->s.extras;
             if (keys && (!ex || (ex->children.empty() && (have_vm || !ex->has_vm)))) {
                 /* The common case: one session alone, only its id wanted
                  * (keys has room: the caller reserved two pieces). */
                 keys->push_back(e.key);
-                drop_alone(sh, it);
+                drop_alone(sh, r);
                 sh.drop_due(from_heap);
                 sh.expired += 1;
                 work += 1;
@@ -1414,53 +1410,42 @@ class Table {
     /* Remove a session that has no children (its VM mapping too, if its
      * own: the caller then holds vm_mu_), keeping nothing of it: no
      * allocation, no throw. Caller holds the shard's lock. */
-    void drop_alone(Shard &sh, Shard::Map::iterator it) {
-        Session &s = it->second;
-        if (Extras *ex = s.extras) {
-            detach(sh, it->first, s);
+    void drop_alone(Shard &sh, uint32_t r) {
+        Row &row = *sh.sessions.row(r);
+        if (Extras *ex = row.s.extras) {
+            detach(sh, row.key, row.s);
             if (ex->has_vm) {
                 auto m = vm_to_session_.find(ex->vm);
-                if (m != vm_to_session_.end() && m->second == it->first) vm_to_session_.erase(m);
+                if (m != vm_to_session_.end() && m->second == row.key) vm_to_session_.erase(m);
             }
             delete ex;
+            row.s.extras = NULL;
         }
-        sh.sessions.erase(it);
+        sh.sessions.erase_row(r);
     }
 
-    /* The keys of one shard, appended to *keys, read bucket by bucket in
-     * pieces (at most rlm_piece_size() keys and 4x as many buckets per hold
-     * of the shard's lock). Without a rehash a key stays in its bucket, so
-     * every key present throughout is read exactly once; a rehash between
-     * two pieces starts the shard's scan again. A key added or removed
-     * meanwhile may or may not be read: the caller looks each one up. */
+    /* The keys of one shard, appended to *keys, read row by row in pieces
+     * (at most rlm_piece_size() rows per hold of the shard's lock). A row
+     * never moves, so every session present throughout is read exactly
+     * once; a session added or removed meanwhile may or may not be read:
+     * the caller looks each key up. */
     int shard_keys(Shard &sh, std::vector<SidKey> *keys) {
         const size_t piece = rlm_piece_size();
         const size_t start = keys->size();
         try {
-            for (;;) {
-                keys->resize(start);
-                size_t b = 0, nb = 0;
-                bool rehashed = false, done = false;
-                while (!done) {
-                    rlm_room(keys, 2 * piece); /* outside the lock */
-                    RlmGuard g(sh.mu);
-                    size_t now_nb = sh.sessions.bucket_count();
-                    if (nb == 0) {
-                        nb = now_nb;
-                    } else if (now_nb != nb) {
-                        rehashed = true;
-                        break;
+            for (uint32_t r = 0;;) {
+                rlm_room(keys, piece); /* outside the lock */
+                RlmGuard g(sh.mu);
+                uint32_t end = sh.sessions.rows_end();
+                uint32_t stop = (uint32_t)std::min<uint64_t>(end, (uint64_t)r + piece);
+                size_t seen = 0;
+                for (; r < stop; ++r)
+                    if (sh.sessions.live(r)) {
+                        keys->push_back(sh.sessions.row(r)->key);
+                        ++seen;
                     }
-                    size_t seen = 0, buckets = 0;
-                    for (; b < nb && seen < piece && buckets < 4 * piece; ++b, ++buckets)
-                        for (auto it = sh.sessions.begin(b); it != sh.sessions.end(b); ++it) {
-                            keys->push_back(it->first);
-                            ++seen;
-                        }
-                    note_hold(seen);
-                    done = b >= nb;
-                }
-                if (!rehashed) return RLM_OK;
+                note_hold(seen);
+                if (r >= end) return RLM_OK;
             }
         } catch (const std::bad_alloc &) {
             keys->resize(start);
@@ -1510,8 +1495,8 @@ class Table {
      * last state into *out, whose context has room for it: no allocation,
      * no throw. Caller holds the shard's lock, and vm_mu_ if it holds a VM. */
     void take_out(Shard &sh, SidKey key, SidKey root, SessionCopy *out) {
-        auto it = sh.sessions.find(key);
-        Session &s = it->second;
+        uint32_t r = sh.sessions.find_row(key);
+        Session &s = sh.sessions.row(r)->s;
         out->key = key;
         out->s = s;
         out->s.extras = NULL;
@@ -1535,8 +1520,9 @@ class Table {
             }
             if (out->has_parent) out->parent = ex->parent;
             delete ex;
+            s.extras = NULL;
         }
-        sh.sessions.erase(it);
+        sh.sessions.erase_row(r);
     }
 
     /* Drop the session's VM from both maps, if the map entry is its own
@@ -1594,9 +1580,15 @@ class Table {
         std::sort(indexed.begin(), indexed.end());
         indexed.erase(std::unique(indexed.begin(), indexed.end()), indexed.end());
         RLM_CHECK(indexed.size() == sh.sessions.size(), "every session is in its expiry index");
-        for (auto &kv : sh.sessions) {
-            const Session &s = kv.second;
-            RLM_CHECK(&shard_of(kv.first) == &sh, "a session lives in its shard");
+        RLM_CHECK(sh.sessions.size() <= sh.sessions.rows_end(), "rows hold the sessions");
+        size_t live_rows = 0;
+        for (uint32_t r = 0; r < sh.sessions.rows_end(); ++r) {
+            if (!sh.sessions.live(r)) continue;
+            ++live_rows;
+            const SidKey key = sh.sessions.row(r)->key;
+            const Session &s = sh.sessions.row(r)->s;
+            RLM_CHECK(sh.sessions.find_row(key) == r, "the index finds every row");
+            RLM_CHECK(&shard_of(key) == &sh, "a session lives in its shard");
             if (s.start_depth) {
                 RLM_CHECK(s.extras != NULL, "a child has its tree links");
                 RLM_CHECK(s.depth >= s.start_depth, "a child's depth is at least its start");
@@ -1604,7 +1596,7 @@ class Table {
                 RLM_CHECK(p != NULL, "a child's parent is in its shard");
                 RLM_CHECK(s.extras->up == p, "a child points at its parent's node");
                 RLM_CHECK(p->extras && std::count(p->extras->children.begin(),
-                                                  p->extras->children.end(), kv.first) == 1,
+                                                  p->extras->children.end(), key) == 1,
                           "a parent lists each child once");
                 size_t steps = 0;
                 for (const Session *n = &s; n->start_depth; n = n->extras->up)
@@ -1613,10 +1605,11 @@ class Table {
             if (s.extras)
                 for (const SidKey &c : s.extras->children) {
                     const Session *cs = sh.find(c);
-                    RLM_CHECK(cs && cs->start_depth && cs->extras->parent == kv.first,
+                    RLM_CHECK(cs && cs->start_depth && cs->extras->parent == key,
                               "a listed child names its parent");
                 }
         }
+        RLM_CHECK(live_rows == sh.sessions.size(), "the map counts its live rows");
     }
 
     /* Caller holds vm_mu_ and the locks of shards a and b: the VM map and
@@ -1631,12 +1624,12 @@ class Table {
         }
         Shard *held[2] = {a, b};
         for (int i = 0; i < (a == b ? 1 : 2); ++i)
-            for (auto &kv : held[i]->sessions) {
-                if (!holds_vm(kv.second)) continue;
-                auto it = vm_to_session_.find(kv.second.extras->vm);
-                RLM_CHECK(it != vm_to_session_.end() && it->second == kv.first,
+            held[i]->sessions.for_each([&](const Row &row) {
+                if (!holds_vm(row.s)) return;
+                auto it = vm_to_session_.find(row.s.extras->vm);
+                RLM_CHECK(it != vm_to_session_.end() && it->second == row.key,
                           "a session's VM maps back to it");
-            }
+            });
     }
 
     /* Caller holds every lock: all of the above, everywhere. */
@@ -1645,7 +1638,7 @@ class Table {
         for (Shard &sh : shards_) {
             check_shard(sh);
             check_vm(&sh, &sh);
-            for (auto &kv : sh.sessions) with_vm += holds_vm(kv.second);
+            sh.sessions.for_each([&](const Row &row) { with_vm += holds_vm(row.s); });
         }
         RLM_CHECK(with_vm == vm_to_session_.size(), "the VM map and Extras::vm are inverses");
         Stats st = stats_locked();

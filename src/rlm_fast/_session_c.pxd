@@ -17,7 +17,7 @@ manager's checks use), or your own for a manager made with a `clock`. Build with
 `include_dirs=[rlm_fast.get_include()]` and `language="c++"`.
 """
 
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libcpp cimport bool as cbool
 from libcpp.pair cimport pair
 from libcpp.string cimport string
@@ -28,19 +28,19 @@ cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
         uint64_t hi
         uint64_t lo
 
-    ctypedef struct Session:
+    ctypedef struct Session:  # the crate's u32 fields are u32 here
         int64_t created_ns
         int64_t expires_ns
-        uint64_t extension_count
-        uint64_t depth
+        uint32_t extension_count
+        uint32_t depth
         uint64_t token_budget
         uint64_t tokens_used
         uint64_t time_budget_ms
         uint64_t time_used_ms
-        uint64_t max_depth
-        uint64_t snapshot_count
+        uint32_t max_depth
+        uint32_t snapshot_count
         int state
-        unsigned int start_depth  # 0 for a root
+        uint32_t start_depth  # 0 for a root
 
     cdef cppclass SessionCopy:
         SidKey key
@@ -152,6 +152,7 @@ cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
         Stats stats()
         int list(vector[SessionCopy] *, Stats *)
         void piece_stats(uint64_t *, uint64_t *, cbool)  # tests: holds, widest
+        size_t expiry_entries()  # tests
         cbool contains(SidKey)
         void validity(const vector[SidKey] &, const vector[char] &, int64_t, char *)
         int budget_rows(vector[BudgetRow] *)

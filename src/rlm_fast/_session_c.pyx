@@ -481,6 +481,11 @@ def _set_piece(n):
     return old
 
 
+def _expiry_entries(SessionManager manager):
+    """Tests: how many entries the manager's expiry index holds."""
+    return manager._t.expiry_entries()
+
+
 def _piece_stats(SessionManager manager, reset=False):
     """Tests: (lock holds, most sessions covered by one hold) of the
     manager's whole-table calls since the last reset."""

@@ -302,7 +302,12 @@ struct LineReader {
         *out = v;
         return p != start;
     }
-    bool u32(uint64_t *out) { return u64(out) && *out <= 0xFFFFFFFFULL; }
+    bool u32(uint32_t *out) {
+        uint64_t v;
+        if (!u64(&v) || v > 0xFFFFFFFFULL) return false;
+        *out = (uint32_t)v;
+        return true;
+    }
     bool id(SidKey *out) {
         if ((size_t)(end - p) < 28 || p[0] != '"' || p[27] != '"') return false;
         if (rlm_parse(p + 1, out) != 0) return false;
@@ -403,7 +408,7 @@ static inline bool rlm_read_dump_line(const char *line, size_t n, SessionCopy *c
                                       std::string *scratch) {
     LineReader r = {line, line + n};
     Session &s = c->s;
-    uint64_t current = 0;
+    uint32_t current = 0;
     if (!(r.lit("{\"id\":") && r.id(&c->key) && r.lit(",\"state\":\""))) return false;
     s.state = -1;
     for (int i = 0; i < 6; ++i) {
@@ -448,11 +453,11 @@ static inline bool rlm_read_dump_line(const char *line, size_t n, SessionCopy *c
     if (c->has_snapshot && !r.str(&c->snapshot)) return false;
     if (!(r.lit(",\"snapshot_count\":") && r.u32(&s.snapshot_count))) return false;
     c->has_parent = r.lit(",\"parent_id\":");
-    uint64_t start = 0;
+    uint32_t start = 0;
     if (c->has_parent && !(r.id(&c->parent) && r.lit(",\"start_depth\":") && r.u32(&start)))
         return false;
     if (!r.lit("}") || r.p != r.end) return false;
-    s.start_depth = (uint32_t)start;
+    s.start_depth = start;
     s.extras = NULL;
     c->root = c->key;
     /* written again, byte for byte the line: canonical */

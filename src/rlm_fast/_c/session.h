@@ -41,23 +41,27 @@ struct Extras {
 struct Session { /* zero-initialised: no field is ever read unset */
     int64_t created_ns = 0;
     int64_t expires_ns = 0;
-    uint64_t extension_count = 0;
-    uint64_t depth = 0; /* the one source of truth for recursion depth */
     uint64_t token_budget = 0;
     uint64_t tokens_used = 0;
     uint64_t time_budget_ms = 0;
     uint64_t time_used_ms = 0;
-    uint64_t max_depth = 0;
-    uint64_t snapshot_count = 0;
     Extras *extras = NULL; /* owned; NULL until needed (always set for a child) */
-    int state = RLM_INITIALIZING;
+    /* The crate's u32 fields, each kept within u32 by its checks: the
+     * extension count (<= max_extensions, a u32), the depth (<= max_depth
+     * except through update_budget, whose BudgetStatus is u32-checked),
+     * the snapshot count (<= max_snapshots, a u32). */
+    uint32_t extension_count = 0;
+    uint32_t depth = 0; /* the one source of truth for recursion depth */
+    uint32_t max_depth = 0;
+    uint32_t snapshot_count = 0;
     /* 0 for a root; a child's depth at creation (>= 1), the floor of its
-     * depth. It sits in what was padding: a root costs no byte more. */
+     * depth. */
     uint32_t start_depth = 0;
+    int32_t state = RLM_INITIALIZING;
 };
 
-static_assert(sizeof(void *) != 8 || sizeof(Session) == 96,
-              "Session grew: a root session should cost what it did before trees");
+static_assert(sizeof(void *) != 8 || sizeof(Session) == 80,
+              "Session grew: with its id, a row is 96 bytes (docs/design.md)");
 
 /* A plain copy of one session, made under the lock, turned into a
  * SessionInfo after it is released. */

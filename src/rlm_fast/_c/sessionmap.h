@@ -63,9 +63,9 @@ class SessionMap {
         return r == NONE ? NULL : &row(r)->s;
     }
 
-    /* Add a session whose id is not in the map; its Session in the map.
-     * May throw bad_alloc, and then nothing changed. */
-    Session *insert(SidKey key, const Session &s) {
+    /* Add a session whose id is not in the map; its row number. May throw
+     * bad_alloc, and then nothing changed. */
+    uint32_t insert(SidKey key, const Session &s) {
         if (!slots_ || (size_ + 1) * 4 > (mask_ + 1) * 3) grow(); /* load <= 3/4 */
         uint32_t r = take_row();
         Row *w = row(r);
@@ -73,7 +73,7 @@ class SessionMap {
         w->s = s;
         place(slots_, mask_, ((uint64_t)(uint32_t)hash(key) << 32) | ((uint64_t)r + 1));
         size_ += 1;
-        return &w->s;
+        return r;
     }
 
     /* Remove row r (live; the caller has freed its Extras). No

@@ -64,10 +64,28 @@ static inline void rlm_room(std::vector<T> *v, size_t more) {
     if (want > v->capacity()) v->reserve(std::max(want, 2 * v->capacity()));
 }
 
+/* An expiry index entry: an expiry and the row (SessionMap) of the
+ * session it was made for; 12 bytes. It is live while that row holds a
+ * session with that very expiry. If the row was freed and reused by a
+ * session that happens to expire at the same nanosecond, the entry names
+ * that session instead, which is as right: it is due exactly when that
+ * session is. Two entries alike are one too many (purge_expiry drops the
+ * copy), so a clock that stands still cannot pile them up. */
+#pragma pack(push, 4)
 struct ExpiryEntry {
     int64_t expires;
-    SidKey key;
+    uint32_t row;
 };
+#pragma pack(pop)
+static_assert(sizeof(ExpiryEntry) == 12, "an expiry entry is 12 bytes");
+struct ExpiryOrder { /* by expiry, then row: alike entries side by side */
+    bool operator()(const ExpiryEntry &a, const ExpiryEntry &b) const {
+        return a.expires < b.expires || (a.expires == b.expires && a.row < b.row);
+    }
+};
+static inline bool operator==(const ExpiryEntry &a, const ExpiryEntry &b) {
+    return a.expires == b.expires && a.row == b.row;
+}
 struct ExpiryLater { /* std heaps are max-heaps: invert for the earliest */
     bool operator()(const ExpiryEntry &a, const ExpiryEntry &b) const {
         return a.expires > b.expires;
@@ -79,12 +97,13 @@ struct ExpiryLater { /* std heaps are max-heaps: invert for the earliest */
 struct alignas(64) Shard {
     RlmLock mu;
     SessionMap sessions; /* rows in a slab: a Session * stays valid while it lives */
-    /* The expiry index: one (expires_at, id) entry per create and
+    /* The expiry index: one (expires_at, row) entry per create and
      * extension. Entries arriving in expiry order (the usual case: each
      * create expires after the previous one) go to the FIFO, so the due
      * ones are its prefix; the others to a min-heap. An entry whose session
-     * is gone or has a later expiry is stale and skipped; stale entries are
-     * purged when they outnumber live sessions. */
+     * is gone or has a later expiry is stale and skipped; stale entries
+     * (and copies of one entry) are purged when they outnumber live
+     * sessions. */
     std::deque<ExpiryEntry> fifo;
     std::vector<ExpiryEntry> heap;
     /* What happened in this shard, under `mu` like the rest: at every
@@ -150,44 +169,43 @@ struct alignas(64) Shard {
 
     /* Index one expiry (may throw bad_alloc, then nothing changed); true
      * if it went to the FIFO. */
-    bool push_expiry(int64_t expires, SidKey key) {
+    bool push_expiry(int64_t expires, uint32_t row) {
         if (fifo.size() + heap.size() >= 2 * sessions.size() + 64) purge_expiry();
+        ExpiryEntry e = {expires, row};
         if (fifo.empty() || expires >= fifo.back().expires) {
-            fifo.push_back({expires, key});
+            fifo.push_back(e);
             return true;
         }
         heap.reserve(heap.size() + 1);
-        heap.push_back({expires, key});
+        heap.push_back(e);
         std::push_heap(heap.begin(), heap.end(), ExpiryLater());
         return false;
     }
 
-    /* Undo the push_expiry(expires, key) just made (cannot throw; only on
-     * the allocation-failure path, so linear is fine). */
-    void unpush_expiry(bool in_fifo, int64_t expires, SidKey key) {
-        if (in_fifo) {
-            fifo.pop_back();
-            return;
-        }
-        for (size_t i = 0; i < heap.size(); ++i) {
-            if (heap[i].expires == expires && heap[i].key == key) {
-                heap[i] = heap.back();
-                heap.pop_back();
-                std::make_heap(heap.begin(), heap.end(), ExpiryLater());
-                return;
-            }
-        }
+    /* The session an entry names, if the entry is live; else NULL. */
+    Row *entry_row(const ExpiryEntry &e) const {
+        if (e.row >= sessions.rows_end() || !sessions.live(e.row)) return NULL;
+        Row *r = sessions.row(e.row);
+        return r->s.expires_ns == e.expires ? r : NULL;
     }
 
-    bool live_entry(const ExpiryEntry &e) {
-        Session *s = find(e.key);
-        return s && s->expires_ns == e.expires;
-    }
+    bool live_entry(const ExpiryEntry &e) const { return entry_row(e) != NULL; }
 
     void purge_expiry() { /* in place: no allocation */
         auto stale = [this](const ExpiryEntry &e) { return !live_entry(e); };
         fifo.erase(std::remove_if(fifo.begin(), fifo.end(), stale), fifo.end());
+        /* Copies: the FIFO is in expiry order, so alike entries are in one
+         * run of equal expiries; sorting each run by row (which keeps the
+         * FIFO in expiry order) puts them side by side. */
+        for (size_t i = 0, j; i < fifo.size(); i = j) {
+            for (j = i + 1; j < fifo.size() && fifo[j].expires == fifo[i].expires; ++j) {
+            }
+            if (j - i > 1) std::sort(fifo.begin() + i, fifo.begin() + j, ExpiryOrder());
+        }
+        fifo.erase(std::unique(fifo.begin(), fifo.end()), fifo.end());
         heap.erase(std::remove_if(heap.begin(), heap.end(), stale), heap.end());
+        std::sort(heap.begin(), heap.end(), ExpiryOrder());
+        heap.erase(std::unique(heap.begin(), heap.end()), heap.end());
         std::make_heap(heap.begin(), heap.end(), ExpiryLater());
     }
 
@@ -277,15 +295,15 @@ class Table {
             s.expires_ns = expires;
             s.token_budget = cfg.token_budget;
             s.time_budget_ms = cfg.time_budget_ms;
-            s.max_depth = cfg.max_depth;
-            bool in_fifo = sh.push_expiry(expires, key); /* may throw: nothing changed */
-            Session *stored;
+            s.max_depth = (uint32_t)cfg.max_depth; /* a u32 (config checks) */
+            uint32_t r = sh.sessions.insert(key, s); /* may throw: nothing changed */
             try {
-                stored = sh.sessions.insert(key, s);
+                sh.push_expiry(expires, r);
             } catch (const std::bad_alloc &) {
-                sh.unpush_expiry(in_fifo, expires, key);
+                sh.sessions.erase_row(r);
                 throw;
             }
+            Session *stored = &sh.sessions.row(r)->s;
             sh.created += 1;
             copy_out(sh, key, *stored, out); /* a plain copy: no extras yet */
             RLM_DEBUG_ONLY(check_shard(sh));
@@ -338,14 +356,14 @@ class Table {
                 ex->up = &p;
                 Extras *pex = extras_of(&p);
                 pex->children.reserve(pex->children.size() + 1);
-                bool in_fifo = sh.push_expiry(s.expires_ns, key);
-                Session *stored;
+                uint32_t r = sh.sessions.insert(key, s);
                 try {
-                    stored = sh.sessions.insert(key, s);
+                    sh.push_expiry(s.expires_ns, r);
                 } catch (const std::bad_alloc &) {
-                    sh.unpush_expiry(in_fifo, s.expires_ns, key);
+                    sh.sessions.erase_row(r);
                     throw;
                 }
+                Session *stored = &sh.sessions.row(r)->s;
                 stored->extras = ex.release();
                 pex->children.push_back(key); /* reserved: no throw */
                 sh.created += 1;
@@ -418,7 +436,7 @@ class Table {
              * live one (pushing an equal one would never go stale). */
             if (cfg.increment_ns != 0) {
                 try {
-                    sh.push_expiry(s.expires_ns + cfg.increment_ns, key);
+                    sh.push_expiry(s.expires_ns + cfg.increment_ns, sh.sessions.find_row(key));
                 } catch (const std::bad_alloc &) {
                     return RLM_NOMEM;
                 }
@@ -709,8 +727,8 @@ class Table {
             s.tokens_used = tokens_used;
             s.time_budget_ms = time_budget_ms;
             s.time_used_ms = time_used_ms;
-            s.max_depth = max_depth;
-            s.depth = depth;
+            s.max_depth = (uint32_t)max_depth; /* u32s (BudgetStatus checks) */
+            s.depth = (uint32_t)depth;
             return RLM_OK;
         });
     }
@@ -997,6 +1015,16 @@ class Table {
     }
 
     /* Piece-hold statistics for tests; reset with reset = true. */
+    /* Tests: expiry index entries held, all shards. */
+    size_t expiry_entries() {
+        size_t n = 0;
+        for (Shard &sh : shards_) {
+            RlmGuard g(sh.mu);
+            n += sh.fifo.size() + sh.heap.size();
+        }
+        return n;
+    }
+
     void piece_stats(uint64_t *holds, uint64_t *widest, bool reset) {
         *holds = holds_.load(std::memory_order_relaxed);
         *widest = widest_.load(std::memory_order_relaxed);
@@ -1077,10 +1105,11 @@ class Table {
             }
             for (const SessionCopy &row : rows) {
                 Shard &sh = shards_[index(row.key)];
-                Session &s = *sh.sessions.insert(row.key, row.s); /* ids checked distinct */
+                uint32_t r = sh.sessions.insert(row.key, row.s); /* ids checked distinct */
+                Session &s = sh.sessions.row(r)->s;
                 s.extras = NULL;
                 s.start_depth = row.has_parent ? row.s.start_depth : 0;
-                sh.heap.push_back({row.s.expires_ns, row.key});
+                sh.heap.push_back({row.s.expires_ns, r});
                 sh.created += 1;
                 if (row.has_vm || row.has_snapshot || !row.context.empty() || row.has_parent) {
                     Extras *ex = extras_of(&s);
@@ -1373,25 +1402,26 @@ class Table {
                 *more = false;
                 break;
             }
-            uint32_t r = sh.sessions.find_row(e.key);
-            if (r == SessionMap::NONE || sh.sessions.row(r)->s.expires_ns != e.expires) {
+            Row *due = sh.entry_row(e);
+            if (!due) {
                 sh.drop_due(from_heap); /* stale: its session is gone or moved on */
                 work += 1;
                 continue;
             }
-            const Extras *ex = sh.sessions.row(r)->s.extras;
+            const SidKey key = due->key;
+            const Extras *ex = due->s.extras;
             if (keys && (!ex || (ex->children.empty() && (have_vm || !ex->has_vm)))) {
                 /* The common case: one session alone, only its id wanted
                  * (keys has room: the caller reserved two pieces). */
-                keys->push_back(e.key);
-                drop_alone(sh, r);
+                keys->push_back(key);
+                drop_alone(sh, e.row);
                 sh.drop_due(from_heap);
                 sh.expired += 1;
                 work += 1;
                 continue;
             }
             bool vm = false;
-            st = subtree(sh, e.key, doomed, &vm);
+            st = subtree(sh, key, doomed, &vm);
             if (st != RLM_OK) break;
             if (vm && !have_vm) {
                 *need_vm = true;
@@ -1574,9 +1604,9 @@ class Table {
                   "shard counters balanced: created == destroyed + expired + sessions");
         std::vector<SidKey> indexed;
         for (const ExpiryEntry &e : sh.fifo)
-            if (sh.live_entry(e)) indexed.push_back(e.key);
+            if (sh.live_entry(e)) indexed.push_back(sh.sessions.row(e.row)->key);
         for (const ExpiryEntry &e : sh.heap)
-            if (sh.live_entry(e)) indexed.push_back(e.key);
+            if (sh.live_entry(e)) indexed.push_back(sh.sessions.row(e.row)->key);
         std::sort(indexed.begin(), indexed.end());
         indexed.erase(std::unique(indexed.begin(), indexed.end()), indexed.end());
         RLM_CHECK(indexed.size() == sh.sessions.size(), "every session is in its expiry index");

@@ -7,10 +7,12 @@ through growth and deletion."""
 
 from __future__ import annotations
 
+import pathlib
 import random
 
 import pytest
-from conftest import FakeClock
+from conftest import PY, FakeClock
+from test_dump_load import parts, write_dump
 
 from rlm_fast import RlmConfig
 
@@ -96,3 +98,28 @@ def test_the_index_finds_every_session_through_growth_and_deletion(clock: FakeCl
     for _ in range(16 * 65):  # a purge in every shard drops them
         m.destroy_session(m.create_session().id)
     assert c._expiry_entries(m) <= 16 * 65
+
+
+def test_cleanup_sorts_many_ids_some_alike_in_their_high_half(
+    clock: FakeClock, tmp_path: pathlib.Path
+) -> None:
+    """The ids of a large cleanup are sorted by a radix sort on their high
+    64 bits and an insertion pass on the low 64 (_c/session.h
+    rlm_sort_keys); ids alike in the high half take that second pass."""
+    src = manager(clock)
+    for _ in range(3000):
+        src.create_session()
+    path = tmp_path / "made.jsonl"
+    src.dump(path)
+    header, lines = parts(path)
+    rng = random.Random(5)
+    shared = rng.getrandbits(64)
+    ids = [c.SessionId.from_int(((shared if i % 3 else rng.getrandbits(64)) << 64)
+                                | rng.getrandbits(64)) for i in range(len(lines))]
+    assert len(set(ids)) == len(ids)
+    prefix = len('{"id":"') + 26
+    write_dump(path, header, [f'{{"id":"{sid}' + line[prefix:] for sid, line in zip(ids, lines)])
+    loaded = [core.SessionManager.load(path, clock=clock) for core in (c, PY)]
+    clock.advance(seconds=61)
+    for m in loaded:
+        assert m.cleanup_expired_sessions() == sorted(ids)

@@ -99,7 +99,50 @@ static inline int rlm_order_by_id(const std::vector<SessionCopy> &rows,
 static inline void rlm_free_rows(std::vector<SessionCopy> &v) { std::vector<SessionCopy>().swap(v); }
 static inline void rlm_free_order(std::vector<size_t> &v) { std::vector<size_t>().swap(v); }
 static inline void rlm_free_keys(std::vector<SidKey> &v) { std::vector<SidKey>().swap(v); }
-static inline void rlm_sort_keys(std::vector<SidKey> &v) { std::sort(v.begin(), v.end()); }
+/* Sort ids: a stable LSD radix sort on `hi` a byte at a time (bytes that
+ * are the same in every id, such as the top of the creation time, cost no
+ * pass), then an insertion pass that orders ids with equal `hi` by `lo`
+ * (rare: `hi` holds 16 random bits below the millisecond). Several times
+ * faster than std::sort on a cleanup's ids; std::sort when short or when
+ * the scratch buffer cannot be had. */
+static inline void rlm_sort_keys(std::vector<SidKey> &v) {
+    const size_t n = v.size();
+    std::vector<SidKey> tmp;
+    if (n >= 512) {
+        try {
+            tmp.resize(n);
+        } catch (const std::bad_alloc &) {
+        }
+    }
+    if (n < 512 || tmp.size() != n) {
+        std::sort(v.begin(), v.end());
+        return;
+    }
+    size_t count[8][256] = {};
+    for (const SidKey &k : v)
+        for (int b = 0; b < 8; ++b) count[b][(k.hi >> (8 * b)) & 0xFF] += 1;
+    SidKey *src = v.data(), *dst = tmp.data();
+    for (int b = 0; b < 8; ++b) {
+        if (count[b][(src[0].hi >> (8 * b)) & 0xFF] == n) continue; /* one value: no pass */
+        size_t at[256], sum = 0;
+        for (int d = 0; d < 256; ++d) {
+            at[d] = sum;
+            sum += count[b][d];
+        }
+        for (size_t i = 0; i < n; ++i) dst[at[(src[i].hi >> (8 * b)) & 0xFF]++] = src[i];
+        std::swap(src, dst);
+    }
+    if (src != v.data()) memcpy(v.data(), src, n * sizeof(SidKey));
+    for (size_t i = 1; i < n; ++i) { /* equal hi: by lo */
+        SidKey k = v[i];
+        size_t j = i;
+        while (j > 0 && v[j - 1].hi == k.hi && k.lo < v[j - 1].lo) {
+            v[j] = v[j - 1];
+            --j;
+        }
+        v[j] = k;
+    }
+}
 
 /* Hand a copy over to a result object without copying its strings. */
 static inline void rlm_move_copy(SessionCopy &dst, SessionCopy &src) {

@@ -58,6 +58,16 @@ class SessionMap {
         }
     }
 
+    /* A hint that `key` is about to be looked up: fetch its home slot into
+     * the cache meanwhile (a lookup in a large shard is one cache miss). */
+    void prefetch(SidKey key) const {
+#if defined(__GNUC__) || defined(__clang__)
+        if (slots_) __builtin_prefetch(&slots_[hash(key) & mask_]);
+#else
+        (void)key;
+#endif
+    }
+
     Session *find(SidKey key) const {
         uint32_t r = find_row(key);
         return r == NONE ? NULL : &row(r)->s;

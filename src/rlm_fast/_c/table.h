@@ -56,6 +56,9 @@ static inline void rlm_set_piece_size(size_t n) {
     rlm_piece.store(n, std::memory_order_relaxed);
 }
 
+/* How many due entries ahead cleanup fetches an index slot. */
+enum { RLM_PREFETCH_AHEAD = 8 };
+
 /* Room for `more` elements at the end of *v, growing geometrically (call
  * outside a lock, so a piece appends without reallocating). */
 template <class T>
@@ -1401,6 +1404,13 @@ class Table {
             if (!sh.peek_due(now, &e, &from_heap)) {
                 *more = false;
                 break;
+            }
+            if (!from_heap && sh.fifo.size() > RLM_PREFETCH_AHEAD) {
+                /* The FIFO is in creation order, as the rows are: reading
+                 * a row ahead is cheap, its index slot is not. */
+                const ExpiryEntry &ahead = sh.fifo[RLM_PREFETCH_AHEAD];
+                if (ahead.row < sh.sessions.rows_end())
+                    sh.sessions.prefetch(sh.sessions.row(ahead.row)->key);
             }
             Row *due = sh.entry_row(e);
             if (!due) {

@@ -8,8 +8,11 @@ a context variable; median of 5 x 1M calls), then the same rows on the
 compiled core with the same workload (rlm_fast._bench.workload; median of 5
 runs of --calls calls), and prints both with their ratio (above 1: rlm_fast
 is faster), and the best ratio a Python call could reach on each row (the
-Rust time over as many calls of an empty compiled method). Rows the anchor
-does not print (it may stop early on a slow machine) are left out.
+Rust time over as many calls of an empty compiled method). Then the rows at
+scale: create_session into a fresh manager, cleanup of 1M sessions with 10%
+due (median of 3 fresh interpreters), and with --memory the RSS per session
+over 1M sessions. Rows the anchor does not print (it may stop early on a
+slow machine) are left out.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 import timeit
 
 from rlm_fast import _session_c
-from rlm_fast._bench import workload
+from rlm_fast._bench import in_subprocess, workload
 
 # (the anchor's row, our row, our statement on the workload's names, as
 # _bench.OPS). The anchor has no string-id path: its is_session_valid row is
@@ -80,6 +83,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("binary", help="the anchor's bench binary (DIR/crate/target/release/bench)")
     p.add_argument("--calls", type=int, default=200_000, help="calls per run on our side")
+    p.add_argument("--memory", action="store_true",
+                   help="also RSS per session over 1M sessions (both sides)")
     args = p.parse_args()
     rust = rust_rows(args.binary)
     names = workload(_session_c, _session_c._Floor())
@@ -98,6 +103,27 @@ def main() -> int:
         mine = ours(stmt, names, calls)
         best = base / (floor * stmt.count("m."))
         print(f"{label:<36}{base:10.1f}{mine:13.1f}{base / mine:7.2f}x{best:7.2f}x")
+    # At scale, each in a fresh interpreter (as the anchor runs them).
+    base = rust.get("create_session, 100k into fresh manager")
+    if base is not None:
+        mine = in_subprocess("create_fresh('cython', 100_000)")
+        print(f"{'create, 100k into a fresh manager':<36}{base:10.1f}{mine:13.1f}"
+              f"{base / mine:7.2f}x")
+    base = rust.get("cleanup_expired_sessions, 1M live, 10% (100k) expired")
+    if base is not None:
+        got = [in_subprocess("cleanup_at_scale('cython', 1_000_000, 0.1, False)")["seconds"]
+               for _ in range(3)]
+        mine = statistics.median(got) * 1e9
+        print(f"{'cleanup, 1M live, 10% due (ms)':<36}{base / 1e6:10.1f}{mine / 1e6:13.1f}"
+              f"{base / mine:7.2f}x")
+    if args.memory:
+        done = subprocess.run([args.binary, "mem"], capture_output=True, text=True, check=False)
+        match = re.search(r"= ([\d.]+) B/session", done.stdout)
+        if match:
+            rust_bytes = float(match[1])
+            mine = in_subprocess("memory_per_session('cython', 1_000_000)")
+            print(f"{'RSS per session at 1M (bytes)':<36}{rust_bytes:10.1f}{mine:13.1f}"
+                  f"{rust_bytes / mine:7.2f}x")
     return 0
 
 

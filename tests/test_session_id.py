@@ -174,6 +174,33 @@ def test_from_string_rejects(bad, core) -> None:
         core.SessionId.from_string(bad)
 
 
+def ref_decode(text: str) -> int | None:
+    """Reference: 26 Crockford characters (either case) -> the int, or None."""
+    if len(text) != 26 or any(ch.upper() not in ALPHABET for ch in text):
+        return None
+    n = 0
+    for ch in text:
+        n = n * 32 + ALPHABET.index(ch.upper())
+    return n if n <= U128_MAX else None
+
+
+def test_every_ascii_character_in_every_position(core) -> None:
+    """The parser reads its 26 characters in three parts (the compiled
+    core: 2, 12 and 12 at a time): every ASCII character, in every
+    position of ids near both ends of the range, parses exactly as the
+    reference decoder says."""
+    for base in ("7" + "Z" * 25, "0" * 26, "01KDVDQK7R2K1EBJVRFNFKEGG3"):
+        for position in range(26):
+            for code in range(128):
+                text = base[:position] + chr(code) + base[position + 1 :]
+                want = ref_decode(text)
+                if want is None:
+                    with pytest.raises(InvalidSessionToken):
+                        core.SessionId.from_string(text)
+                else:
+                    assert int(core.SessionId.from_string(text)) == want, text
+
+
 @pytest.mark.parametrize("bad", [None, 0, b"0" * 26, ["0" * 26], 1.5])
 def test_from_string_rejects_non_str(bad, core) -> None:
     with pytest.raises(TypeError):

@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -520,9 +521,12 @@ def memory_per_session(core: str, n: int = 1_000_000) -> float:
     return (_rss_bytes() - before) / n
 
 
-def cleanup_at_scale(core: str, n: int = 1_000_000, expired_share: float = 0.1) -> dict[str, float]:
+def cleanup_at_scale(core: str, n: int = 1_000_000, expired_share: float = 0.1,
+                     spin: bool = True) -> dict[str, float]:
     """cleanup_expired_sessions over `n` sessions, `expired_share` of them
-    due; counts how far another Python thread got during the call."""
+    due; counts how far another Python thread got during the call (with
+    `spin`; without, the call has the machine to itself, as the Rust
+    anchor's row does)."""
     module = _core_module(core)
     now = [1_767_225_600 * 10**9]
     m = module.SessionManager(
@@ -538,18 +542,21 @@ def cleanup_at_scale(core: str, n: int = 1_000_000, expired_share: float = 0.1) 
     ticks = [0]
     stop = threading.Event()
 
-    def spin() -> None:
+    def spinner() -> None:
         while not stop.is_set():
             ticks[0] += 1
 
-    other = threading.Thread(target=spin, daemon=True)
-    other.start()
-    time.sleep(0.05)
+    other = threading.Thread(target=spinner, daemon=True)
+    if spin:
+        other.start()
+        time.sleep(0.05)
+    gc.collect()
     t0, before = time.perf_counter(), ticks[0]
     removed = m.cleanup_expired_sessions()
     elapsed, during = time.perf_counter() - t0, ticks[0] - before
     stop.set()
-    other.join()
+    if spin:
+        other.join()
     assert len(removed) == due, (len(removed), due)
     return {"seconds": elapsed, "other_thread_iterations": during}
 
@@ -584,6 +591,21 @@ def dump_load_at_scale(core: str, n: int, python_path: bool = False) -> dict[str
     finally:
         os.remove(path)
         os.rmdir(os.path.dirname(path))
+
+
+def create_fresh(core: str, n: int = 100_000) -> float:
+    """ns per create_session, `n` of them into a fresh manager (median of
+    5 managers)."""
+    module = _core_module(core)
+    times = []
+    for _ in range(5):
+        m = module.SessionManager(bench_config())
+        create = m.create_session
+        t0 = time.perf_counter()
+        for _ in range(n):
+            create()
+        times.append((time.perf_counter() - t0) / n * 1e9)
+    return statistics.median(times)
 
 
 SCALING_LAYOUTS = ("disjoint roots", "children of one root", "children of different roots")

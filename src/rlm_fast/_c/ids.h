@@ -39,34 +39,48 @@ static inline void rlm_format(SidKey k, char *out) {
     }
 }
 
-static inline int rlm_digit(unsigned char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'z') c = (unsigned char)(c - 32);
-    switch (c) {
-    case 'A': return 10; case 'B': return 11; case 'C': return 12;
-    case 'D': return 13; case 'E': return 14; case 'F': return 15;
-    case 'G': return 16; case 'H': return 17; case 'J': return 18;
-    case 'K': return 19; case 'M': return 20; case 'N': return 21;
-    case 'P': return 22; case 'Q': return 23; case 'R': return 24;
-    case 'S': return 25; case 'T': return 26; case 'V': return 27;
-    case 'W': return 28; case 'X': return 29; case 'Y': return 30;
-    case 'Z': return 31;
-    default: return -1;
-    }
-}
+/* Crockford base32 digit values by byte, either case; 128: not a digit. */
+static const unsigned char RLM_DIGITS[256] = {
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+      0,   1,   2,   3,   4,   5,   6,   7,   8,   9, 128, 128, 128, 128, 128, 128,
+    128,  10,  11,  12,  13,  14,  15,  16,  17, 128,  18,  19, 128,  20,  21, 128,
+     22,  23,  24,  25,  26, 128,  27,  28,  29,  30,  31, 128, 128, 128, 128, 128,
+    128,  10,  11,  12,  13,  14,  15,  16,  17, 128,  18,  19, 128,  20,  21, 128,
+     22,  23,  24,  25,  26, 128,  27,  28,  29,  30,  31, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+    128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128, 128,
+};
 
-/* Parse 26 ASCII characters; 0 on success, -1 if malformed. */
+/* Parse 26 ASCII characters; 0 on success, -1 if malformed. One pass,
+ * table-driven, in three independent parts: the first 2 characters (8
+ * bits: the first must be 0-7 or 128 bits would overflow) and two runs of
+ * 12 (60 bits each), joined at the end. */
 static inline int rlm_parse(const char *s, SidKey *out) {
-    uint64_t hi = 0, lo = 0;
-    for (int i = 0; i < 26; ++i) {
-        int d = rlm_digit((unsigned char)s[i]);
-        if (d < 0) return -1;
-        if (i == 0 && d > 7) return -1; /* would overflow 128 bits */
-        hi = (hi << 5) | (lo >> 59);
-        lo = (lo << 5) | (uint64_t)d;
+    const unsigned char *p = (const unsigned char *)s;
+    unsigned bad = 0;
+    uint64_t top = 0, a = 0, b = 0;
+    for (int i = 0; i < 2; ++i) {
+        unsigned d = RLM_DIGITS[p[i]];
+        bad |= d;
+        top = (top << 5) | d;
     }
-    out->hi = hi;
-    out->lo = lo;
+    for (int i = 0; i < 12; ++i) {
+        unsigned da = RLM_DIGITS[p[2 + i]], db = RLM_DIGITS[p[14 + i]];
+        bad |= da | db;
+        a = (a << 5) | da;
+        b = (b << 5) | db;
+    }
+    if ((bad & 0x80) || top > 0xFF) return -1; /* a non-digit; or over 128 bits */
+    out->hi = (top << 56) | (a >> 4);
+    out->lo = (a << 60) | b;
     return 0;
 }
 

@@ -244,3 +244,44 @@ def test_cleanup_during_churn_removes_only_expired(clock: Any) -> None:
         stats.total_sessions_destroyed + stats.total_sessions_expired + len(m)
     )
     assert stats.total_sessions_expired >= 2000
+
+
+def test_long_result_loops_give_other_threads_turns(clock: Any, monkeypatch: Any) -> None:
+    """Loops that build many result objects with the GIL call
+    `_lifecycle.checkpoint` every few hundred objects, where the
+    interpreter hands the GIL to a waiting thread (SPEC 15)."""
+    from rlm_fast import _lifecycle
+
+    calls: list[int] = []
+    monkeypatch.setattr(_lifecycle, "checkpoint", lambda: calls.append(1))
+    m = manager(clock, 3000)
+    m.list_sessions()
+    assert len(calls) >= 3000 // 256
+    calls.clear()
+    m._export()
+    assert len(calls) >= 2 * (3000 // 256)  # the start depths, then the rows
+    calls.clear()
+    clock.advance(seconds=61)
+    assert len(m.cleanup_expired_sessions()) == 3000
+    assert len(calls) >= 3000 // 256
+
+
+def test_an_interrupt_at_a_checkpoint_loses_no_removal(clock: Any, monkeypatch: Any) -> None:
+    """A KeyboardInterrupt raised at a checkpoint (a signal handler runs
+    there) is raised once the removed sessions are reported, not before."""
+    from rlm_fast import _lifecycle
+
+    heard: list[Any] = []
+    m = c.SessionManager(RlmConfig(session_duration_secs=60), clock=clock,
+                         on_remove=lambda info, reason: heard.append(info.id))
+    ids = [m.create_session().id for _ in range(1000)]
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_lifecycle, "checkpoint", interrupt)
+    clock.advance(seconds=61)
+    with pytest.raises(KeyboardInterrupt):
+        m.pop_expired_sessions()
+    assert sorted(heard) == sorted(ids)
+    assert len(m) == 0 and m.get_stats().total_sessions_expired == 1000

@@ -50,6 +50,16 @@ def log_vm_moved(vm: str, old: Any, new: Any) -> None:
         )
 
 
+def checkpoint() -> None:
+    """A point where another thread may take its turn: calling a Python
+    function lets the interpreter honour a pending request for the GIL (or,
+    on a free-threaded build, a stop-the-world), as its eval loop does
+    between bytecodes. The compiled core's loops that build many result
+    objects with the GIL held call it every few hundred objects (SPEC 15).
+    It must stay a plain Python function: a compiled one would not pass
+    through the eval loop."""
+
+
 def report_removed(
     on_remove: Callable[[Any, str], object] | None,
     removed: Iterable[tuple[Any, str]],

@@ -36,7 +36,6 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libcpp.algorithm cimport is_sorted, sort
 from libcpp.vector cimport vector
 
-from sys import getswitchinterval as _getswitchinterval
 from types import MappingProxyType
 
 
@@ -63,6 +62,7 @@ from ._lifecycle import (
     report_removed,
 )
 from ._lifecycle import log as _log
+from . import _lifecycle
 from ._registry import (
     foreign_session_id,
     reduce_result,
@@ -375,48 +375,41 @@ cdef SessionInfo _info(SessionCopy *c):
     return info
 
 
-cdef inline void _let_others_run() noexcept:
-    with nogil:
-        rlm_piece_size()
+cdef size_t _TURN = 256  # result objects built between two checkpoints
 
 
-cdef struct _Turns:
-    int64_t last
-    int64_t interval
-
-
-cdef inline void _turns_init(_Turns *t):
-    t.interval = <int64_t>(_getswitchinterval() * 1e9)
-    t.last = rlm_time_ns()
-
-
-cdef inline void _take_turns(_Turns *t) noexcept:
-    """Called once per piece by a long loop that builds result objects
-    with the GIL (SPEC 15): once a switch interval has passed since the
-    last time, let go of the GIL for a moment, as the eval loop would. A
-    waiting thread asks for the GIL when its wait of one switch interval
-    times out with no switch; letting go more often than that would wake it
-    early each time (restarting its wait) and starve it."""
-    cdef int64_t now = rlm_time_ns()
-    if now - t.last >= t.interval or now < t.last:
-        _let_others_run()
-        t.last = rlm_time_ns()
+cdef object _take_turn(object pending):
+    """Called every _TURN items by a loop that builds result objects with
+    the GIL (SPEC 15): a call to a Python function, where the interpreter
+    honours a pending request for the GIL (or a stop-the-world) as the eval
+    loop does between bytecodes, so a waiting thread gets its turn within
+    one switch interval. An exception raised there (a signal handler's
+    KeyboardInterrupt) is returned, not raised, so the loop finishes and
+    what was removed is still reported; the loop raises it at its end.
+    After one, no more checkpoints."""
+    if pending is not None:
+        return pending
+    try:
+        _lifecycle.checkpoint()  # looked up each time: tests replace it
+    except BaseException as exc:
+        return exc
+    return None
 
 
 cdef list _infos_in_order(vector[SessionCopy] &rows, vector[size_t] &order):
     """SessionInfos taking over rows[order[0]], rows[order[1]], ...,
-    taking turns with other threads for the GIL (_take_turns)."""
-    cdef size_t i, n = order.size(), piece = rlm_piece_size()
+    taking turns with other threads for the GIL (_take_turn)."""
+    cdef size_t i, n = order.size()
     cdef list out = PyList_New(n)  # sized once: no regrowth
-    cdef object item
-    cdef _Turns turns
-    _turns_init(&turns)
+    cdef object item, pending = None
     for i in range(n):
-        if i % piece == piece - 1:
-            _take_turns(&turns)
+        if i % _TURN == _TURN - 1:
+            pending = _take_turn(pending)
         item = _info(&rows[order[i]])
         Py_INCREF(item)
         PyList_SET_ITEM(out, i, item)
+    if pending is not None:
+        raise pending
     return out
 
 
@@ -639,7 +632,7 @@ cdef BudgetStatus _budget_of(object other):
     return _budget(t[0], t[1], t[2], t[3], t[4], t[5])
 
 
-cdef size_t _DUMP_BATCH = 1024  # lines per chunk of a dump
+cdef size_t _DUMP_BATCH = 16384  # lines per chunk of a dump (about 7 MB): few GIL hand-offs
 
 
 @cython.final
@@ -655,13 +648,22 @@ cdef class _DumpLines:
         cdef string text
         cdef size_t i = 0, end, n = self.kept.size()
         cdef int st
+        cdef bytes chunk
+        cdef char *dst
         while i < n:
             end = min(n, i + batch)
             with nogil:
                 st = rlm_dump_lines(self.rows, self.kept, i, end, &text)
             if st != RLM_OK:
                 raise MemoryError()
-            yield PyBytes_FromStringAndSize(text.data(), text.size())
+            # A new bytes object is this thread's alone until it is
+            # returned: its megabytes are copied in (and its pages first
+            # touched) without the GIL.
+            chunk = PyBytes_FromStringAndSize(NULL, text.size())
+            dst = PyBytes_AS_STRING(chunk)
+            with nogil:
+                memcpy(dst, text.data(), text.size())
+            yield chunk
             i = end
         with nogil:
             rlm_free_rows(self.rows)
@@ -1207,7 +1209,7 @@ cdef class SessionManager:
         cdef vector[SessionCopy] rows
         cdef vector[size_t] order
         cdef int st, sorted_st
-        cdef size_t i, n, piece = rlm_piece_size()
+        cdef size_t i, n
         with nogil:  # the work runs without the GIL, in pieces: other threads go on
             st = self._t.cleanup(now, &rows, NULL)
             sorted_st = rlm_order_by_id(rows, &order)
@@ -1215,14 +1217,12 @@ cdef class SessionManager:
             raise MemoryError()  # (the rows are out of the table; nothing to report them with)
         n = rows.size()
         cdef list out = PyList_New(n)  # sized once: no regrowth
-        cdef object item
+        cdef object item, pending = None
         cdef list removed = [] if report else None
         cdef SessionInfo info
-        cdef _Turns turns
-        _turns_init(&turns)
         for i in range(n):
-            if i % piece == piece - 1:
-                _take_turns(&turns)
+            if i % _TURN == _TURN - 1:
+                pending = _take_turn(pending)
             info = _info(&rows[order[i]])
             if report:
                 removed.append((info, "expired" if info.c.s.expires_ns < now else "cascade"))
@@ -1236,6 +1236,8 @@ cdef class SessionManager:
             report_removed(self._on_remove, removed)  # every lock released
         if st != RLM_OK:  # out of memory part way: what was removed is reported
             raise MemoryError()
+        if pending is not None:
+            raise pending
         return out
 
     cdef list _expired_ids(self, int64_t now):
@@ -1243,18 +1245,16 @@ cdef class SessionManager:
         table keeps only the removed ids, sorted without the GIL."""
         cdef vector[SidKey] keys
         cdef int st
-        cdef size_t i, n, piece = rlm_piece_size()
+        cdef size_t i, n
         with nogil:
             st = self._t.cleanup(now, NULL, &keys)
             rlm_sort_keys(keys)
         n = keys.size()
         cdef list out = PyList_New(n)  # sized once: no regrowth
-        cdef object item
-        cdef _Turns turns
-        _turns_init(&turns)
+        cdef object item, pending = None
         for i in range(n):
-            if i % piece == piece - 1:
-                _take_turns(&turns)
+            if i % _TURN == _TURN - 1:
+                pending = _take_turn(pending)
             item = _sid(keys[i])
             Py_INCREF(item)
             PyList_SET_ITEM(out, i, item)
@@ -1262,6 +1262,8 @@ cdef class SessionManager:
             rlm_free_keys(keys)
         if st != RLM_OK:  # out of memory part way (what was removed stays removed)
             raise MemoryError()
+        if pending is not None:
+            raise pending
         return out
 
     def start_reaper(self, interval_s=1.0):
@@ -1714,7 +1716,7 @@ cdef class SessionManager:
         cdef vector[SessionCopy] rows
         cdef Stats s
         cdef int st
-        cdef size_t i, n, piece = rlm_piece_size()
+        cdef size_t i, n
         cdef vector[size_t] order
         with nogil:
             st = self._t.list(&rows, &s)
@@ -1724,15 +1726,15 @@ cdef class SessionManager:
             raise MemoryError()
         n = rows.size()
         cdef list starts = PyList_New(n)
-        cdef object item
-        cdef _Turns turns
-        _turns_init(&turns)
+        cdef object item, pending = None
         for i in range(n):
-            if i % piece == piece - 1:
-                _take_turns(&turns)
+            if i % _TURN == _TURN - 1:
+                pending = _take_turn(pending)
             item = rows[order[i]].s.start_depth
             Py_INCREF(item)
             PyList_SET_ITEM(starts, i, item)
+        if pending is not None:
+            raise pending
         infos = _infos_in_order(rows, order)
         with nogil:  # (SPEC 15) a large buffer goes back to the OS without the GIL
             rlm_free_rows(rows)

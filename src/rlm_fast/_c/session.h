@@ -12,6 +12,9 @@
 #include <string>
 #include <utility>
 #include <vector>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "ids.h"
 #include "status.h"
@@ -93,12 +96,33 @@ static inline int rlm_order_by_id(const std::vector<SessionCopy> &rows,
 }
 
 /* Free a vector's elements and its buffer. Whole-table calls call these
- * without the GIL: a buffer of a million rows is hundreds of MB, and
- * handing it back to the OS (munmap) takes milliseconds that no other
- * thread should wait for. */
-static inline void rlm_free_rows(std::vector<SessionCopy> &v) { std::vector<SessionCopy>().swap(v); }
-static inline void rlm_free_order(std::vector<size_t> &v) { std::vector<size_t>().swap(v); }
-static inline void rlm_free_keys(std::vector<SidKey> &v) { std::vector<SidKey>().swap(v); }
+ * without the GIL: a buffer of a million rows is hundreds of MB. Handing
+ * it back to the OS in one munmap holds the process's memory-map lock for
+ * milliseconds, and every other thread that touches a new page meanwhile
+ * waits for it; so on Linux a large buffer's pages are first released in
+ * 8 MB steps (madvise(MADV_DONTNEED) shares that lock with page faults),
+ * and the munmap then has nothing left to free. Such a buffer is always
+ * its own mapping (glibc maps any block over 32 MB by itself), and the
+ * steps stay inside the block, clear of its malloc header. */
+template <class T>
+static inline void rlm_free_vector(std::vector<T> &v) {
+    v.clear();
+#if defined(__linux__)
+    const size_t bytes = v.capacity() * sizeof(T);
+    if (bytes >= ((size_t)64 << 20)) {
+        const uintptr_t page = 4096, step = (uintptr_t)8 << 20;
+        uintptr_t from = ((uintptr_t)v.data() + page - 1) & ~(page - 1);
+        uintptr_t to = ((uintptr_t)v.data() + bytes) & ~(page - 1);
+        for (uintptr_t p = from; p < to; p += step)
+            madvise((void *)p, (size_t)std::min(step, to - p), MADV_DONTNEED);
+    }
+#endif
+    std::vector<T>().swap(v);
+}
+
+static inline void rlm_free_rows(std::vector<SessionCopy> &v) { rlm_free_vector(v); }
+static inline void rlm_free_order(std::vector<size_t> &v) { rlm_free_vector(v); }
+static inline void rlm_free_keys(std::vector<SidKey> &v) { rlm_free_vector(v); }
 /* Sort ids: a stable LSD radix sort on `hi` a byte at a time (bytes that
  * are the same in every id, such as the top of the creation time, cost no
  * pass), then an insertion pass that orders ids with equal `hi` by `lo`
@@ -172,7 +196,7 @@ struct BudgetRow {
 };
 #pragma pack(pop)
 
-static inline void rlm_free_budget_rows(std::vector<BudgetRow> &v) { std::vector<BudgetRow>().swap(v); }
+static inline void rlm_free_budget_rows(std::vector<BudgetRow> &v) { rlm_free_vector(v); }
 
 /* Sort rows by id: memcmp of big-endian ids is numeric order. */
 static inline void rlm_sort_rows(std::vector<BudgetRow> &rows) {

@@ -546,6 +546,8 @@ class Table {
                     with_vm = with_vm || need_vm;
                     RLM_DEBUG_ONLY(check_shard(sh));
                 }
+                rlm_let_waiters_in(sh.mu);
+                if (with_vm) rlm_let_waiters_in(vm_mu_);
                 /* Outside the locks: the only allocation here. */
                 if (removed) {
                     try {
@@ -1004,6 +1006,7 @@ class Table {
      * read last. Call without the GIL. */
     int list(std::vector<SessionCopy> *out, Stats *stats) {
         out->clear();
+        if (!reserve_for_all(out)) return RLM_NOMEM;
         int st = read_in_pieces([&](size_t n) { rlm_room(out, n); },
                                 [&](Shard &sh, SidKey key, const Session &s) {
                                     out->emplace_back(); /* room made: no realloc */
@@ -1017,7 +1020,20 @@ class Table {
         return RLM_OK;
     }
 
-    /* Piece-hold statistics for tests; reset with reset = true. */
+    /* Room for a row per session and an eighth more, made once: growing
+     * a buffer of hundreds of MB by doubling copies it and unmaps the old
+     * one each time (see rlm_free_vector). */
+    template <class T>
+    bool reserve_for_all(std::vector<T> *out) {
+        size_t n = size();
+        try {
+            out->reserve(n + n / 8 + 2 * rlm_piece_size());
+        } catch (const std::bad_alloc &) {
+            return false;
+        }
+        return true;
+    }
+
     /* Tests: expiry index entries held, all shards. */
     size_t expiry_entries() {
         size_t n = 0;
@@ -1028,6 +1044,7 @@ class Table {
         return n;
     }
 
+    /* Piece-hold statistics for tests; reset with reset = true. */
     void piece_stats(uint64_t *holds, uint64_t *widest, bool reset) {
         *holds = holds_.load(std::memory_order_relaxed);
         *widest = widest_.load(std::memory_order_relaxed);
@@ -1058,6 +1075,7 @@ class Table {
      * unlocking), read in pieces as list() is. */
     int budget_rows(std::vector<BudgetRow> *out) {
         out->clear();
+        if (!reserve_for_all(out)) return RLM_NOMEM;
         int st = read_in_pieces([&](size_t n) { rlm_room(out, n); },
                                 [&](Shard &, SidKey key, const Session &s) {
                                     out->emplace_back();
@@ -1475,17 +1493,21 @@ class Table {
         try {
             for (uint32_t r = 0;;) {
                 rlm_room(keys, piece); /* outside the lock */
-                RlmGuard g(sh.mu);
-                uint32_t end = sh.sessions.rows_end();
-                uint32_t stop = (uint32_t)std::min<uint64_t>(end, (uint64_t)r + piece);
-                size_t seen = 0;
-                for (; r < stop; ++r)
-                    if (sh.sessions.live(r)) {
-                        keys->push_back(sh.sessions.row(r)->key);
-                        ++seen;
-                    }
-                note_hold(seen);
+                uint32_t end;
+                {
+                    RlmGuard g(sh.mu);
+                    end = sh.sessions.rows_end();
+                    uint32_t stop = (uint32_t)std::min<uint64_t>(end, (uint64_t)r + piece);
+                    size_t seen = 0;
+                    for (; r < stop; ++r)
+                        if (sh.sessions.live(r)) {
+                            keys->push_back(sh.sessions.row(r)->key);
+                            ++seen;
+                        }
+                    note_hold(seen);
+                }
                 if (r >= end) return RLM_OK;
+                rlm_let_waiters_in(sh.mu);
             }
         } catch (const std::bad_alloc &) {
             keys->resize(start);
@@ -1510,10 +1532,13 @@ class Table {
                 for (size_t i = 0; i < keys.size(); i += piece) {
                     size_t end = std::min(keys.size(), i + piece);
                     room(end - i);
-                    RlmGuard g(sh.mu);
-                    for (size_t j = i; j < end; ++j)
-                        if (Session *s = sh.find(keys[j])) read(sh, keys[j], *s);
-                    note_hold(end - i);
+                    {
+                        RlmGuard g(sh.mu);
+                        for (size_t j = i; j < end; ++j)
+                            if (Session *s = sh.find(keys[j])) read(sh, keys[j], *s);
+                        note_hold(end - i);
+                    }
+                    rlm_let_waiters_in(sh.mu);
                 }
             }
         } catch (const std::bad_alloc &) {

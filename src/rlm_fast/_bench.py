@@ -424,6 +424,10 @@ def stall_table(core: str, n: int) -> list[tuple[str, dict[str, float] | None]]:
         ("pop_expired_sessions (10% due)",
          at(140, m.pop_expired_sessions) if hasattr(m, "pop_expired_sessions") else None),
     ]
+    if _has_numpy():  # its first import holds the GIL for tens of ms: not budget_table's
+        from ._bulk import budget_table_dtype
+
+        budget_table_dtype()
     hot_path = HotPath(m, hot)
     hot_path.thread.start()
     rows: list[tuple[str, dict[str, float] | None]] = []
@@ -743,7 +747,7 @@ def header() -> str:
 
 def run(args: argparse.Namespace) -> list[Row]:
     """Every in-process section the options ask for; the per-operation rows
-    (empty with --stalls alone)."""
+    (with --stalls, only when --plot, --redis or --logging needs them)."""
     print(header())
     n = args.sessions
     rows: list[Row] = []
@@ -757,13 +761,12 @@ def run(args: argparse.Namespace) -> list[Row]:
                 print("cython: not built")
                 continue
             print_stalls(core, n, in_subprocess(f"stall_table({core!r}, {n})"))
-        if not (args.plot or args.redis or args.logging):
-            return rows
-    print(f"\n{LIVE_SESSIONS:,} live sessions, best of 5, ns per call")
-    rows = compare(quick=args.quick)
-    print_table(rows)
-    print("\ntrees and the model-call step beside their baselines (time ratio, same run)")
-    print_baselines(rows)
+    if not args.stalls or args.plot or args.redis or args.logging:  # they need the rows
+        print(f"\n{LIVE_SESSIONS:,} live sessions, best of 5, ns per call")
+        rows = compare(quick=args.quick)
+        print_table(rows)
+        print("\ntrees and the model-call step beside their baselines (time ratio, same run)")
+        print_baselines(rows)
     if args.logging:
         print("\nthe rlm_fast logger: disabled, enabled at WARNING, at INFO "
               "(a StringIO handler); ns per call")

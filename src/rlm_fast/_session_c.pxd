@@ -23,6 +23,9 @@ from libcpp.pair cimport pair
 from libcpp.string cimport string
 from libcpp.vector cimport vector
 
+cdef extern from "_session_c.h" nogil:
+    const int RLM_DEBUG_BUILD  # 1: RLM_FAST_DEBUG (invariants checked after every change)
+
 cdef extern from "_session_c.h" namespace "rlm_fast" nogil:
     ctypedef struct SidKey:
         uint64_t hi

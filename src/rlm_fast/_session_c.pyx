@@ -474,6 +474,12 @@ def _set_piece(n):
     return old
 
 
+def _debug_build():
+    """Tests: whether this is the debug build (RLM_FAST_DEBUG), which checks
+    a shard's invariants after every change to it."""
+    return RLM_DEBUG_BUILD != 0
+
+
 def _expiry_entries(SessionManager manager):
     """Tests: how many entries the manager's expiry index holds."""
     return manager._t.expiry_entries()

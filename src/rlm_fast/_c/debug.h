@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #if defined(RLM_FAST_DEBUG)
+#  define RLM_DEBUG_BUILD 1
 #  define RLM_DEBUG_ONLY(stmt) stmt
 #  define RLM_CHECK(cond, what)                                                   \
       do {                                                                        \
@@ -20,6 +21,7 @@
           }                                                                       \
       } while (0)
 #else
+#  define RLM_DEBUG_BUILD 0
 #  define RLM_DEBUG_ONLY(stmt)
 #  define RLM_CHECK(cond, what) ((void)0)
 #endif
